@@ -1,0 +1,66 @@
+# weightshare: every target is idempotent and works on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+EXTRAS := reference,experiments,docs,dev
+export NO_MKDOCS_2_WARNING := 1
+
+.PHONY: install test conformance docs serve-docs bench lint demo matrix wheel-check clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip -c constraints.txt
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The conformance suite (benchmarks excluded), then the strict docs build.
+test: install
+	$(PY) -m pytest conformance --ignore=conformance/benchmarks
+	$(MAKE) docs
+
+conformance: install
+	$(PY) -m pytest conformance --ignore=conformance/benchmarks
+
+docs: install
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+	$(PY) -m conformance.offline site
+
+serve-docs: install
+	$(VENV)/bin/mkdocs serve
+
+## Benchmarks as JSON (bench.json); ratios are printed and written to spec/performance data.
+bench: install
+	$(PY) -m pytest conformance/benchmarks --benchmark-only --benchmark-json=bench.json -p no:randomly
+	$(PY) -m conformance.benchmarks.report bench.json
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+demo: install
+	$(PY) -m experiments shuffled-pixels --quick
+
+## Regenerate the requirement -> test matrix shown on spec/conformance.md.
+matrix: install
+	$(PY) -m conformance.matrix --write
+
+## Build the wheel, install it into a fresh venv and run a copy of some conformance tests
+## outside the source tree (as geotorch's CI does).
+wheel-check: install
+	rm -rf dist build /tmp/weightshare-wheel
+	$(PY) -m build --wheel --no-isolation --outdir dist . > /dev/null
+	$(PYTHON) -m venv /tmp/weightshare-wheel/venv
+	/tmp/weightshare-wheel/venv/bin/pip install --quiet -c constraints.txt \
+		"$$(ls dist/*.whl)[reference]" pytest hypothesis
+	mkdir -p /tmp/weightshare-wheel/tests/conformance
+	cp conformance/__init__.py conformance/conftest.py conformance/strategies.py \
+		conformance/test_penalty.py conformance/test_prox.py conformance/test_installed.py \
+		/tmp/weightshare-wheel/tests/conformance/
+	cd /tmp/weightshare-wheel/tests && ./../venv/bin/python -m pytest -q -p no:cacheprovider \
+		-W error -o addopts="" conformance
+
+clean:
+	rm -rf site dist build bench.json .pytest_cache .hypothesis

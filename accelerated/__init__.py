@@ -1,0 +1,69 @@
+"""weightshare: weight sharing for neural networks, in PyTorch.
+
+The top-level names are loaded on first use (PEP 562), so ``import weightshare.reference`` (NumPy
+and CVXPY only) never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> private module that defines it
+_EXPORTS: dict[str, str] = {
+    "penalty": "._penalty",
+    "prox": "._prox",
+    "prox_": "._prox",
+    "prox_many": "._prox",
+    "clusters": "._prox",
+    "soft_threshold": "._prox",
+    "attach": "._attach",
+    "tie": "._tie",
+    "untie": "._tie",
+    "num_distinct": "._tie",
+    "zero_fraction": "._tie",
+    "symmetric": "._symmetry",
+    "factorize": "._factorization",
+    "collapse": "._factorization",
+}
+_SUBMODULES = ("factorization", "hashing", "nn", "reference", "symmetry")
+
+__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+
+if TYPE_CHECKING:
+    from . import factorization as factorization
+    from . import hashing as hashing
+    from . import nn as nn
+    from . import reference as reference
+    from . import symmetry as symmetry
+    from ._attach import attach as attach
+    from ._factorization import collapse as collapse
+    from ._factorization import factorize as factorize
+    from ._penalty import penalty as penalty
+    from ._prox import clusters as clusters
+    from ._prox import prox as prox
+    from ._prox import prox_ as prox_
+    from ._prox import prox_many as prox_many
+    from ._prox import soft_threshold as soft_threshold
+    from ._symmetry import symmetric as symmetric
+    from ._tie import num_distinct as num_distinct
+    from ._tie import tie as tie
+    from ._tie import untie as untie
+    from ._tie import zero_fraction as zero_fraction
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'weightshare' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

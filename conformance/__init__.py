@@ -1,0 +1,1 @@
+"""The weightshare conformance suite: the specification's requirements, proven by tests."""

@@ -1,0 +1,55 @@
+"""Shared fixtures and hypothesis profiles for the conformance suite.
+
+Profiles: ``dev`` (default locally, quick), ``ci`` (hypothesis' own, selected when ``CI`` is set:
+derandomized, no deadline) and ``thorough`` (for release checks). Choose one with
+``--hypothesis-profile NAME`` or ``HYPOTHESIS_PROFILE``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile(
+    "ci",
+    parent=settings.get_profile("ci"),
+    max_examples=60,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile("dev", max_examples=30, deadline=None)
+settings.register_profile(
+    "thorough", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+if "HYPOTHESIS_PROFILE" in os.environ:
+    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
+elif os.environ.get("CI"):
+    settings.load_profile("ci")
+else:
+    settings.load_profile("dev")
+
+
+def _devices() -> list[str]:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - the reference suite runs without torch
+        return []
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+DEVICES = _devices()
+
+
+@pytest.fixture(params=["cpu", "cuda"])
+def device(request: pytest.FixtureRequest) -> str:
+    """Every device the suite can reach: CPU always, CUDA when present (skipped otherwise)."""
+    if request.param not in DEVICES:
+        pytest.skip(f"no {request.param} device")
+    return request.param
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "req(*ids): the specification requirement ids it proves")
+    config.addinivalue_line("markers", "cuda: needs a CUDA device")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")

@@ -1,0 +1,1 @@
+"""Reference factorization (being written)."""

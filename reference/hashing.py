@@ -1,0 +1,1 @@
+"""Reference hashing (being written)."""

@@ -1,0 +1,1 @@
+"""Reference symmetry (being written)."""

@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "untie": "._tie",
     "num_distinct": "._tie",
     "zero_fraction": "._tie",
+    "hashed": "._hashed_layers",
     "symmetric": "._symmetry",
     "factorize": "._factorization",
     "collapse": "._factorization",
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from ._attach import attach as attach
     from ._factorization import collapse as collapse
     from ._factorization import factorize as factorize
+    from ._hashed_layers import hashed as hashed
     from ._penalty import penalty as penalty
     from ._prox import clusters as clusters
     from ._prox import prox as prox

@@ -1,0 +1,241 @@
+r"""Proximal WSR steps after every optimizer step, through ``Optimizer.register_step_post_hook``.
+
+The configuration lives in the param groups (keys ``wsr_*``) so it survives
+``optimizer.state_dict()``; the hook itself is not saved and is re-attached with
+``attach(optimizer, None)``.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+__all__ = ["Attachment", "attach"]
+
+KEYS = ("wsr_lam", "wsr_l1", "wsr_dim", "wsr_method", "wsr_mask")
+
+# optimizer -> its live attachment (at most one)
+_LIVE: weakref.WeakKeyDictionary[Optimizer, Attachment] = weakref.WeakKeyDictionary()
+
+
+class Attachment:
+    """The handle returned by :func:`attach`; ``remove()`` detaches the prox."""
+
+    def __init__(self, optimizer: Optimizer) -> None:
+        self._optimizer = weakref.ref(optimizer)
+        self._hook = optimizer.register_step_post_hook(_step_hook)
+
+    def remove(self) -> None:
+        """Unregister the hook and delete the ``wsr_*`` keys from the param groups."""
+        self._hook.remove()
+        optimizer = self._optimizer()
+        if optimizer is not None and _LIVE.get(optimizer) is self:
+            del _LIVE[optimizer]
+            _strip(optimizer)
+
+    def __enter__(self) -> Attachment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def _strip(optimizer: Optimizer) -> None:
+    for group in optimizer.param_groups:
+        for key in KEYS:
+            group.pop(key, None)
+
+
+def _strength(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | Tensor):
+        raise TypeError(f"{what} must be a real number, got {type(value).__name__}")
+    if isinstance(value, Tensor) and (value.numel() != 1 or value.is_complex()):
+        raise TypeError(f"{what} must be a real scalar, got a tensor of shape {tuple(value.shape)}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite, got {value}")
+    if value < 0:
+        raise ValueError(f"{what} must be >= 0, got {value}")
+    return value
+
+
+def _check_dim(p: Tensor, dim: int | None) -> None:
+    if dim is not None and not -p.ndim <= dim < max(p.ndim, 1):
+        raise IndexError(f"dim {dim} is out of range for a parameter of shape {tuple(p.shape)}")
+
+
+def _check_method(method: str, like: Tensor) -> None:
+    from ._prox import prox_many
+
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string, got {type(method).__name__}")
+    # a tiny prox on the device and dtype of an attached tensor raises on an unusable method
+    prox_many([like.new_zeros(2)], 1.0, None, method=method)
+
+
+def _resume(optimizer: Optimizer) -> None:
+    groups = [g for g in optimizer.param_groups if "wsr_lam" in g]
+    if not groups:
+        raise ValueError(
+            "attach(optimizer, None) resumes from 'wsr_lam' keys, but no group has one"
+        )
+    for i, group in enumerate(optimizer.param_groups):
+        if "wsr_lam" not in group:
+            continue
+        missing = [k for k in KEYS if k not in group]
+        if missing:
+            raise ValueError(f"param group {i} lacks the keys {missing}")
+        if len(group["wsr_mask"]) != len(group["params"]):
+            raise ValueError(
+                f"param group {i}: wsr_mask has {len(group['wsr_mask'])} entries for "
+                f"{len(group['params'])} params"
+            )
+        _strength(group["wsr_lam"], f"group {i} wsr_lam")
+        _strength(group["wsr_l1"], f"group {i} wsr_l1")
+        attached = [p for p, on in zip(group["params"], group["wsr_mask"], strict=True) if on]
+        for p in attached:
+            _check_dim(p, group["wsr_dim"])
+        if attached:
+            _check_method(group["wsr_method"], attached[0])
+
+
+def _configure(
+    optimizer: Optimizer,
+    lam: float,
+    params: Iterable[Tensor] | Tensor | None,
+    dim: int | None,
+    l1: float,
+    method: str,
+) -> None:
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    if params is None:
+        chosen = {id(p) for g in optimizer.param_groups for p in g["params"] if p.ndim >= 2}
+        if not chosen:
+            raise ValueError("the optimizer holds no parameter with ndim >= 2; pass params=")
+    else:
+        params = [params] if isinstance(params, Tensor) else list(params)
+        for p in params:
+            if not isinstance(p, Tensor):
+                raise TypeError(f"params must hold tensors, got {type(p).__name__}")
+            if id(p) not in held:
+                raise ValueError(
+                    f"a parameter of shape {tuple(p.shape)} in params is not held by the optimizer"
+                )
+        chosen = {id(p) for p in params}
+        if not chosen:
+            raise ValueError("params is empty: nothing to attach")
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
+        raise TypeError(f"dim must be None or an int, got {type(dim).__name__}")
+    attached = [p for g in optimizer.param_groups for p in g["params"] if id(p) in chosen]
+    for p in attached:
+        _check_dim(p, dim)
+    _check_method(method, attached[0])
+    # validated: now write the whole configuration
+    _strip(optimizer)
+    for group in optimizer.param_groups:
+        mask = [id(p) in chosen for p in group["params"]]
+        if any(mask):
+            group.update(wsr_lam=lam, wsr_l1=l1, wsr_dim=dim, wsr_method=method, wsr_mask=mask)
+
+
+def attach(
+    optimizer: Optimizer,
+    lam: float | None,
+    params: Iterable[Tensor] | None = None,
+    *,
+    dim: int | None = None,
+    l1: float = 0.0,
+    method: str = "auto",
+) -> Attachment:
+    r"""Apply the WSR prox (and optional l1 shrinkage) after every ``optimizer.step()``.
+
+    After each step, every attached parameter ``p`` of a group with learning rate ``lr`` becomes
+    ``soft_threshold(prox(p, lr * lam, dim), lr * l1)``, in place under ``torch.no_grad()``: the
+    proximal gradient step for SGD, the decoupled step for adaptive optimizers. The learning rate
+    is read at step time, so LR schedulers apply. ``lam``, ``l1``, ``dim``, ``method`` and which
+    parameters are attached are stored in the param groups (keys ``wsr_lam``, ``wsr_l1``,
+    ``wsr_dim``, ``wsr_method``, ``wsr_mask``), read at every step and saved by
+    ``optimizer.state_dict()``.
+
+    Args:
+        optimizer: any ``torch.optim.Optimizer``.
+        lam: the WSR strength :math:`\lambda \ge 0`, or ``None`` to resume from the ``wsr_*`` keys
+            already in the param groups (after ``load_state_dict``).
+        params: the tensors to regularize; all must be held by ``optimizer``. Defaults to every
+            parameter of the optimizer with ``ndim >= 2``.
+        dim: ``None`` for one vector per tensor, or the dimension along which each 1-D slice is
+            its own vector.
+        l1: the l1 strength :math:`\mu \ge 0`; the threshold is ``lr * l1``.
+        method: the prox algorithm, as for :func:`weightshare.prox`.
+
+    Returns:
+        A handle whose ``remove()`` stops the prox and deletes the ``wsr_*`` keys.
+
+    Raises:
+        ValueError: negative or non-finite ``lam``/``l1``, a tensor not held by the optimizer, an
+            empty selection, a second live attachment, or nothing to resume from.
+        IndexError: ``dim`` out of range for an attached tensor.
+        TypeError: ``optimizer`` is not an ``Optimizer``.
+    """
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"attach expects a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if optimizer in _LIVE:
+        raise ValueError("this optimizer already has an attached prox; call .remove() first")
+    if lam is None:
+        if params is not None or dim is not None or l1 != 0.0 or method != "auto":
+            raise ValueError(
+                "attach(optimizer, None) resumes from the param groups; pass no params, dim, l1 "
+                "or method"
+            )
+        _resume(optimizer)
+    else:
+        _configure(optimizer, _strength(lam, "lam"), params, dim, _strength(l1, "l1"), method)
+    handle = Attachment(optimizer)
+    _LIVE[optimizer] = handle
+    return handle
+
+
+def _step_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+    from ._prox import prox_many, soft_threshold
+
+    # (dim, method) -> (tensors, prox strengths, l1 thresholds)
+    jobs: dict[tuple[int | None, str], tuple[list[Tensor], list[float], list[float]]] = {}
+    configured = False
+    for group in optimizer.param_groups:
+        if "wsr_lam" not in group:
+            continue
+        configured = True
+        lr = float(group["lr"])
+        lam, thresh = lr * float(group["wsr_lam"]), lr * float(group["wsr_l1"])
+        todo = jobs.setdefault((group["wsr_dim"], group["wsr_method"]), ([], [], []))
+        for p, on in zip(group["params"], group["wsr_mask"], strict=True):
+            if on and (lam > 0 or thresh > 0):  # both zero: the identity
+                todo[0].append(p)
+                todo[1].append(lam)
+                todo[2].append(thresh)
+    if not configured:
+        raise RuntimeError(
+            "weightshare.attach: no param group carries 'wsr_lam' (a state dict saved without an "
+            "attachment was loaded?); re-attach with attach(optimizer, lam, ...)"
+        )
+    with torch.no_grad():
+        for (dim, method), (tensors, lams, thresholds) in jobs.items():
+            outs: list[Tensor] = list(tensors)
+            active = [i for i, lam in enumerate(lams) if lam > 0]
+            if active:
+                proxed = prox_many(
+                    [tensors[i] for i in active], [lams[i] for i in active], None, method=method
+                )
+                for i, out in zip(active, proxed, strict=True):
+                    outs[i] = out
+            for p, out, t in zip(tensors, outs, thresholds, strict=True):
+                if t > 0:
+                    p.copy_(soft_threshold(out, t))
+                elif out is not p:
+                    p.copy_(out)

@@ -1,0 +1,149 @@
+r"""The host ("pava") prox pipeline on NumPy views: sort, ramp, SciPy PAVA, scatter.
+
+``torch.sort`` on the CPU is several times slower than NumPy's SIMD sorts, and ``np.argsort`` is
+itself about twice as slow as a values-only ``np.sort``. So the permutation comes from a
+values-only sort of packed 64-bit keys: the order-preserving bit pattern of the value in the high
+bits and the element's index in the low bits. float32 keys fit whole (exact). float64 keys lose
+their lowest ⌈log₂ d⌉ bits; entries whose truncated keys tie may come out of order, and those
+rare runs are re-sorted exactly afterwards. Batches are spread over a thread pool by rows (NumPy
+and SciPy release the GIL in their kernels); a long vector is split by a one-level sample sort.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from ._isotonic import parallel_rows, pava_row_, pool, threads
+
+#: From this length on, a single vector is sorted as several buckets on several threads.
+SPLIT_MIN = 1 << 18
+
+_SIGN64 = np.uint64(1 << 63)
+
+
+@lru_cache(maxsize=8)
+def ramp(d: int) -> np.ndarray:
+    r"""The coefficients $(2k-d-1)/(d-1)$, $k = 1..d$, in float64 (zeros for d < 2); read-only."""
+    if d < 2:
+        out = np.zeros(d)
+    else:
+        out = (2.0 * np.arange(d, dtype=np.float64) - (d - 1)) / (d - 1)
+    out.flags.writeable = False
+    return out
+
+
+def _keys_(x: np.ndarray, keys: np.ndarray) -> int:
+    """Write packed sort keys of the 1-D float array ``x`` into uint64 ``keys``; return index bits."""
+    n = x.shape[0]
+    bits = max(1, (n - 1).bit_length())
+    if x.dtype == np.float32:
+        u = x.view(np.uint32)
+        flip = ((u.view(np.int32) >> 31).view(np.uint32)) | np.uint32(1 << 31)
+        np.bitwise_xor(u, flip, out=flip)
+        np.left_shift(flip, 32, out=keys, dtype=np.uint64)
+        return 32
+    u = x.view(np.uint64)
+    np.right_shift(u.view(np.int64), 63, out=keys.view(np.int64))
+    np.bitwise_or(keys, _SIGN64, out=keys)
+    np.bitwise_xor(keys, u, out=keys)
+    np.right_shift(keys, np.uint64(bits), out=keys)
+    np.left_shift(keys, np.uint64(bits), out=keys)
+    return bits
+
+
+def sort_with_index_(x: np.ndarray, perm: np.ndarray, values: np.ndarray) -> None:
+    """Ascending sort of the 1-D float32/float64 ``x``: ``perm`` (int64) and ``values`` (float64).
+
+    ``x[perm]`` is non-decreasing; tied values may come in any order.
+    """
+    n = x.shape[0]
+    keys = perm.view(np.uint64)
+    bits = _keys_(x, keys)
+    if bits > 40:  # pragma: no cover - d > 2^40: too few key bits left, use a plain argsort
+        perm[:] = np.argsort(x)
+        values[:] = x[perm]
+        return
+    np.bitwise_or(keys, np.arange(n, dtype=np.uint64), out=keys)
+    keys.sort()
+    np.bitwise_and(keys, np.uint64((1 << bits) - 1), out=keys)
+    if x.dtype == np.float64:
+        np.take(x, perm, out=values)
+    else:
+        values[:] = x[perm]
+    if x.dtype == np.float64 and n > 1:
+        bad = np.flatnonzero(values[1:] < values[:-1])
+        if bad.size:
+            _resort_runs_(bad, bits, perm, values)
+
+
+def _resort_runs_(bad: np.ndarray, bits: int, perm: np.ndarray, values: np.ndarray) -> None:
+    """Re-sort exactly the runs of equal truncated keys that contain an inversion."""
+    high = np.empty(values.shape[0], dtype=np.uint64)
+    _keys_(values, high)
+    run = np.concatenate([[0], np.cumsum(high[1:] != high[:-1])])
+    sel = np.flatnonzero(np.isin(run, np.unique(run[bad])))
+    order = np.lexsort((values[sel], run[sel]))
+    perm[sel] = perm[sel][order]
+    values[sel] = values[sel][order]
+
+
+def prox_rows(
+    x: np.ndarray, lam: np.ndarray, out: np.ndarray, perm: np.ndarray, zs: np.ndarray
+) -> None:
+    """The prox of every row of ``x`` (``(B, d)``, C-contiguous), written to ``out``.
+
+    Args:
+        x: the input rows, float32 or float64.
+        lam: float64 ``(B,)`` strengths.
+        out: the output rows (may be ``x`` itself: every read of a row precedes its writes).
+        perm: int64 ``(B, d)``: receives the ascending sort permutation of each row.
+        zs: float64 ``(B, d)``: receives the sorted prox values (isotonic regression of z).
+    """
+    rows, d = x.shape
+    if rows == 0 or d == 0:
+        return
+    if rows == 1 and d >= SPLIT_MIN and threads() > 1:
+        _prox_long(x[0], float(lam[0]), out[0], perm[0], zs[0])
+        return
+    c = ramp(d)
+
+    def work(a: int, b: int) -> None:
+        for r in range(a, b):
+            sort_with_index_(x[r], perm[r], zs[r])
+            if d > 1 and lam[r] != 0.0:
+                zs[r] -= lam[r] * c
+                pava_row_(zs[r])
+            out[r][perm[r]] = zs[r]
+
+    parallel_rows(work, rows, x.size)
+
+
+def _prox_long(x: np.ndarray, lam: float, out: np.ndarray, perm: np.ndarray, z: np.ndarray) -> None:
+    """One long vector: sample sort (buckets sorted on several threads), one PAVA, scatter."""
+    d = x.shape[0]
+    parts = threads()
+    sample = np.sort(x[:: max(1, d // 4096)])
+    pivots = np.unique(sample[(np.arange(1, parts) * sample.size) // parts])
+    # bucket j holds lower[j] <= x < upper[j]; count first so every bucket knows its offset
+    below = [int(np.count_nonzero(x < p)) for p in pivots]
+    offsets = [0, *below, d]
+    lower = [-np.inf, *pivots]
+    upper = [*pivots, np.inf]
+
+    def sort_bucket(j: int) -> None:
+        a, b = offsets[j], offsets[j + 1]
+        if b == a:
+            return
+        idx = np.flatnonzero((x >= lower[j]) & (x < upper[j]))
+        sort_with_index_(x[idx], perm[a:b], z[a:b])
+        np.take(idx, perm[a:b], out=perm[a:b])
+
+    futures = [pool().submit(sort_bucket, j) for j in range(len(offsets) - 1)]
+    for f in futures:
+        f.result()
+    if lam != 0.0:
+        z -= lam * ramp(d)
+        pava_row_(z)
+    out[perm] = z

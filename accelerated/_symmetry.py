@@ -1,0 +1,366 @@
+r"""Weight symmetry in torch: store only the free parameters, gather the weight in forward.
+
+The linear kinds are precomputed orbit tables (deterministic ArbNet hashes) built once by
+vectorized label propagation; ``forward`` is one gather, so autograd's backward is the scatter-add
+``∂L/∂free_k = Σ_{H[p]=k} ∂L/∂W_p``. ``eigen`` is $W = V\operatorname{diag}(e)V^\top$ per tap.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+__all__ = [
+    "KINDS",
+    "Symmetry",
+    "build",
+    "free",
+    "num_free",
+    "project",
+    "symmetric",
+    "table",
+]
+
+KINDS = ("symmetric", "channel", "spatial", "quarter", "eightfold", "block4", "chunk", "eigen")
+_KEYWORDS = {"chunk": {"chunks", "dim"}, "eigen": {"rank"}}
+_SQUARE = ("symmetric", "channel", "quarter", "eightfold", "eigen")
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _parse(kind: str, shape: Sequence[int], kwargs: dict[str, Any]) -> tuple[tuple[str, ...], dict]:
+    """Validate the kind, shape and keywords; return the kind parts and normalized keywords."""
+    if not isinstance(kind, str):
+        raise TypeError(f"kind must be a string, got {type(kind).__name__}")
+    shape = tuple(int(s) for s in shape)
+    parts = tuple(kind.split("+"))
+    for part in parts:
+        if part not in KINDS:
+            raise ValueError(f"unknown symmetry kind {part!r}; expected one of {KINDS}")
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"kind {kind!r} repeats a part")
+    if "eigen" in parts and len(parts) > 1:
+        raise ValueError("kind 'eigen' cannot be combined with other kinds")
+    allowed = set().union(*(_KEYWORDS.get(p, set()) for p in parts))
+    unexpected = sorted(set(kwargs) - allowed)
+    if unexpected:
+        raise TypeError(f"kind {kind!r} takes no keyword(s) {unexpected}")
+    if any(s < 1 for s in shape):
+        raise ValueError(f"symmetry needs a non-empty weight, got shape {shape}")
+    out: dict[str, Any] = {}
+    for part in parts:
+        if part in _SQUARE:
+            need = 3 if part == "channel" else 2
+            if len(shape) < need or shape[0] != shape[1]:
+                what = "a conv weight (n, n, *kernel)" if part == "channel" else "(n, n, *taps)"
+                raise ValueError(f"kind {part!r} needs a square weight {what}, got shape {shape}")
+        elif part == "block4" and len(shape) < 2:
+            raise ValueError(f"kind 'block4' needs a weight with ndim >= 2, got shape {shape}")
+        elif part == "spatial" and (len(shape) != 4 or shape[2] != shape[3]):
+            raise ValueError(
+                f"kind 'spatial' needs a conv weight (out, in, k, k), got shape {shape}"
+            )
+        elif part == "chunk":
+            if "chunks" not in kwargs:
+                raise TypeError("kind 'chunk' needs the keyword chunks=c")
+            chunks, dim = kwargs["chunks"], kwargs.get("dim", 0)
+            if not _is_int(chunks):
+                raise TypeError(f"chunks must be an int, got {type(chunks).__name__}")
+            if not _is_int(dim):
+                raise TypeError(f"dim must be an int, got {type(dim).__name__}")
+            if not -len(shape) <= dim < len(shape):
+                raise IndexError(f"dim {dim} out of range for shape {shape}")
+            dim %= len(shape)
+            if chunks < 1 or shape[dim] % chunks:
+                raise ValueError(
+                    f"chunks={chunks} must be >= 1 and divide shape[{dim}] of shape {shape}"
+                )
+            out.update(chunks=chunks, dim=dim)
+        if part == "eigen":
+            if "rank" not in kwargs:
+                raise TypeError("kind 'eigen' needs the keyword rank=r")
+            rank = kwargs["rank"]
+            if not _is_int(rank):
+                raise TypeError(f"rank must be an int, got {type(rank).__name__}")
+            if not 1 <= rank <= shape[0]:
+                raise ValueError(f"rank {rank} out of range 1..{shape[0]} for shape {shape}")
+            out["rank"] = rank
+    return parts, out
+
+
+@lru_cache(maxsize=64)
+def _table(parts: tuple[str, ...], shape: tuple[int, ...], kw: tuple) -> Tensor:
+    """Orbit table on the CPU: propagate the smallest flat index along every generator."""
+    kwd = dict(kw)
+    idx = torch.arange(math.prod(shape)).reshape(shape)
+    gens: list[Tensor] = []
+    for part in parts:
+        if part in ("symmetric", "channel"):
+            gens.append(idx.transpose(0, 1))
+        elif part == "quarter":
+            gens += [idx.transpose(0, 1), idx.transpose(0, 1).flip(0, 1)]
+        elif part == "eightfold":
+            gens += [idx.transpose(0, 1), idx.flip(0), idx.flip(1)]
+        elif part == "block4":
+            gens += [idx.flip(0), idx.flip(1)]
+        elif part == "spatial":
+            gens.append(idx.transpose(2, 3))
+        elif part == "chunk":
+            step = shape[kwd["dim"]] // kwd["chunks"]
+            gens.append(idx.roll(-step, kwd["dim"]))
+    perms = [g.reshape(-1) for g in gens]
+    rep = idx.reshape(-1)
+    while True:
+        new = rep
+        for perm in perms:
+            new = torch.minimum(new, new[perm])
+        if torch.equal(new, rep):
+            break
+        rep = new
+    return torch.unique(rep, return_inverse=True)[1].reshape(shape)
+
+
+def table(
+    kind: str, shape: Sequence[int], *, device: torch.device | str | None = None, **kind_kwargs: Any
+) -> Tensor:
+    r"""The index table $H$ of a linear kind, $W = \text{free}[H]$ (an ArbNet-style table).
+
+    Args:
+        kind: A linear kind or a ``+``-joined combination of them (not ``eigen``).
+        shape: The weight shape.
+        device: Where to put the table (CPU by default).
+        **kind_kwargs: ``chunks`` and ``dim`` for ``chunk``.
+
+    Returns:
+        An int64 tensor of ``shape``; slot ``k`` is the orbit with the ``k``-th smallest
+        row-major flat index.
+    """
+    parts, kw = _parse(kind, shape, kind_kwargs)
+    if parts == ("eigen",):
+        raise ValueError("kind 'eigen' is not linear and has no index table")
+    shape = tuple(int(s) for s in shape)
+    return _table(parts, shape, tuple(sorted(kw.items()))).to(device)
+
+
+def num_free(kind: str, shape: Sequence[int], **kind_kwargs: Any) -> int:
+    r"""The number of free parameters of ``kind`` for a weight of ``shape`` (the spec formulas).
+
+    Args:
+        kind: A kind, or a ``+``-joined combination of linear kinds.
+        shape: The weight shape.
+        **kind_kwargs: ``chunks``/``dim`` for ``chunk``, ``rank`` for ``eigen``.
+
+    Returns:
+        The count; for a combination, the number of orbits of the generated group.
+    """
+    parts, kw = _parse(kind, shape, kind_kwargs)
+    shape = tuple(int(s) for s in shape)
+    if len(parts) > 1:
+        return int(table(kind, shape, **kind_kwargs).max()) + 1
+    part, n, taps = parts[0], shape[0], math.prod(shape[2:])
+    half = -(-n // 2)
+    if part in ("symmetric", "channel"):
+        return taps * n * (n + 1) // 2
+    if part == "quarter":
+        return taps * half * (n // 2 + 1)
+    if part == "eightfold":
+        return taps * half * (half + 1) // 2
+    if part == "block4":
+        return taps * half * (-(-shape[1] // 2))
+    if part == "spatial":
+        return shape[0] * shape[1] * shape[2] * (shape[2] + 1) // 2
+    if part == "chunk":
+        return math.prod(shape) // kw["chunks"]
+    return taps * kw["rank"] * (n + 1)  # eigen
+
+
+def _check_tensor(W: Any, name: str) -> Tensor:
+    if not isinstance(W, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(W).__name__}")
+    if not W.is_floating_point():
+        raise TypeError(f"{name} must be a real floating tensor, got dtype {W.dtype}")
+    if not torch.compiler.is_compiling():
+        bad = int((~torch.isfinite(W)).sum())
+        if bad:
+            raise ValueError(f"{name} has {bad} non-finite (NaN/inf) entries")
+    return W
+
+
+def _eigen_build(free: Tensor, shape: tuple[int, ...], rank: int) -> Tensor:
+    n, taps = shape[0], math.prod(shape[2:])
+    V = free[: taps * n * rank].reshape(taps, n, rank)
+    e = free[taps * n * rank :].reshape(taps, rank)
+    return ((V * e.unsqueeze(1)) @ V.transpose(1, 2)).permute(1, 2, 0).reshape(shape)
+
+
+def _eigen_free(W: Tensor, rank: int) -> Tensor:
+    n = W.shape[0]
+    S = W.reshape(n, n, -1).permute(2, 0, 1)
+    S = (S + S.transpose(1, 2)) / 2
+    evals, evecs = torch.linalg.eigh(S)
+    order = torch.argsort(evals.abs(), dim=1, descending=True, stable=True)[:, :rank]
+    e = torch.gather(evals, 1, order)
+    V = torch.gather(evecs, 2, order.unsqueeze(1).expand(-1, n, -1))
+    return torch.cat([V.reshape(-1), e.reshape(-1)])
+
+
+def _orbit_mean(W: Tensor, H: Tensor, count: int) -> Tensor:
+    flat = H.reshape(-1)
+    sums = torch.zeros(count, dtype=W.dtype, device=W.device).index_add_(0, flat, W.reshape(-1))
+    sizes = torch.bincount(flat, minlength=count).to(W.dtype)
+    return sums / sizes
+
+
+def build(kind: str, free: Tensor, shape: Sequence[int], **kind_kwargs: Any) -> Tensor:
+    r"""The weight built from its free parameters (differentiable; dtype/device of ``free``).
+
+    Linear kinds: ``free[table(kind, shape)]``. ``eigen``: ``free`` is $V$ of shape $(T, n, r)$
+    then $e$ of shape $(T, r)$, and $W_{:,:,t} = V_t\operatorname{diag}(e_t)V_t^\top$.
+
+    Args:
+        kind: The symmetry kind.
+        free: The free-parameter vector, of length ``num_free(kind, shape)``.
+        shape: The weight shape.
+        **kind_kwargs: ``chunks``/``dim`` for ``chunk``, ``rank`` for ``eigen``.
+
+    Returns:
+        The weight, of ``shape``.
+    """
+    parts, kw = _parse(kind, shape, kind_kwargs)
+    shape = tuple(int(s) for s in shape)
+    free = _check_tensor(free, "free")
+    count = num_free(kind, shape, **kind_kwargs)
+    if tuple(free.shape) != (count,):
+        raise ValueError(
+            f"free must have shape ({count},) for kind {kind!r} and shape {shape}, "
+            f"got shape {tuple(free.shape)}"
+        )
+    if parts == ("eigen",):
+        return _eigen_build(free, shape, kw["rank"])
+    return free[table(kind, shape, device=free.device, **kind_kwargs)]
+
+
+def free(kind: str, W: Tensor, **kind_kwargs: Any) -> Tensor:
+    r"""The free parameters of the least-squares closest weight of ``kind`` (inverse of ``build``).
+
+    Linear kinds: the mean of ``W`` over each orbit. ``eigen``: per tap, the eigenpairs of
+    $(W + W^\top)/2$ with the ``rank`` largest $|\lambda|$, in that order, as $V$ then $e$.
+
+    Args:
+        kind: The symmetry kind.
+        W: The dense weight.
+        **kind_kwargs: ``chunks``/``dim`` for ``chunk``, ``rank`` for ``eigen``.
+
+    Returns:
+        A vector of length ``num_free(kind, W.shape)``.
+    """
+    W = _check_tensor(W, "W")
+    parts, kw = _parse(kind, W.shape, kind_kwargs)
+    if parts == ("eigen",):
+        return _eigen_free(W, kw["rank"])
+    H = table(kind, W.shape, device=W.device, **kind_kwargs)
+    return _orbit_mean(W, H, num_free(kind, W.shape, **kind_kwargs))
+
+
+def project(kind: str, W: Tensor, **kind_kwargs: Any) -> Tensor:
+    r"""The closest weight of ``kind`` to ``W`` (Frobenius): ``build(kind, free(kind, W))``.
+
+    Args:
+        kind: The symmetry kind.
+        W: The dense weight.
+        **kind_kwargs: ``chunks``/``dim`` for ``chunk``, ``rank`` for ``eigen``.
+
+    Returns:
+        A tensor of the shape, dtype and device of ``W``.
+    """
+    return build(kind, free(kind, W, **kind_kwargs), W.shape, **kind_kwargs)
+
+
+class Symmetry(nn.Module):
+    r"""Parametrization ``free (F,) -> W (shape)`` for ``torch.nn.utils.parametrize``.
+
+    The index table is a non-persistent buffer (rebuilt from ``kind`` and ``shape``), so the
+    state_dict holds only the free vector.
+
+    Args:
+        kind: The symmetry kind.
+        shape: The weight shape.
+        device: Device of the index table.
+        **kind_kwargs: ``chunks``/``dim`` for ``chunk``, ``rank`` for ``eigen``.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        shape: Sequence[int],
+        device: torch.device | str | None = None,
+        **kind_kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.parts, self.kw = _parse(kind, shape, kind_kwargs)
+        self.kind, self.kind_kwargs = kind, dict(kind_kwargs)
+        self.shape = tuple(int(s) for s in shape)
+        self.num_free = num_free(kind, self.shape, **kind_kwargs)
+        self.index: Tensor | None
+        if self.parts == ("eigen",):
+            self.register_buffer("index", None, persistent=False)
+        else:
+            H = table(kind, self.shape, device=device, **kind_kwargs)
+            self.register_buffer("index", H, persistent=False)
+
+    def forward(self, free: Tensor) -> Tensor:
+        if self.index is None:
+            return _eigen_build(free, self.shape, self.kw["rank"])
+        return free[self.index]
+
+    @torch.no_grad()
+    def right_inverse(self, W: Tensor) -> Tensor:
+        if tuple(W.shape) != self.shape:
+            raise ValueError(f"expected a weight of shape {self.shape}, got {tuple(W.shape)}")
+        W = _check_tensor(W, "W")
+        if self.index is None:
+            return _eigen_free(W, self.kw["rank"])
+        return _orbit_mean(W, self.index.to(W.device), self.num_free)
+
+    def extra_repr(self) -> str:
+        extra = "".join(f", {k}={v}" for k, v in sorted(self.kw.items()))
+        return f"kind={self.kind!r}, shape={self.shape}, num_free={self.num_free}{extra}"
+
+
+def symmetric(
+    module: nn.Module, name: str = "weight", *, kind: str = "symmetric", **kind_kwargs: Any
+) -> nn.Module:
+    r"""Constrain ``module.<name>`` to a symmetry kind, storing only its free parameters.
+
+    Registers a :class:`Symmetry` parametrization (``unsafe=True``: the stored original
+    ``module.parametrizations.<name>.original`` has shape ``(num_free,)``). The current dense
+    weight is projected (least squares) onto the kind.
+
+    Args:
+        module: The module owning the tensor.
+        name: The tensor's attribute name.
+        kind: The symmetry kind (see the spec page), or a ``+``-joined combination.
+        **kind_kwargs: ``chunks``/``dim`` for ``chunk``, ``rank`` for ``eigen``.
+
+    Returns:
+        The module, parametrized in place.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+    W = getattr(module, name, None)
+    if not isinstance(W, Tensor):
+        raise ValueError(f"module has no tensor named {name!r}")
+    if parametrize.is_parametrized(module, name):
+        raise ValueError(f"{name!r} is already parametrized; symmetric needs a plain tensor")
+    _check_tensor(W, name)
+    param = Symmetry(kind, W.shape, device=W.device, **kind_kwargs)
+    parametrize.register_parametrization(module, name, param, unsafe=True)
+    return module

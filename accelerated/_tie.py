@@ -1,0 +1,178 @@
+"""Hard weight tying to a discovered sharing pattern (retrain mode), and sharing metrics."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+__all__ = ["num_distinct", "tie", "untie", "zero_fraction"]
+
+
+class Tied(nn.Module):
+    r"""Parametrization ``w_i = v[c(i)]``: one stored value per cluster, gathered to the weight.
+
+    Args:
+        labels: ``int64`` cluster index of every weight entry, with values ``0 .. K-1``.
+        num_values: the number of clusters ``K``.
+    """
+
+    labels: Tensor
+
+    def __init__(self, labels: Tensor, num_values: int) -> None:
+        super().__init__()
+        self.register_buffer("labels", labels)
+        self.num_values = num_values
+
+    def forward(self, values: Tensor) -> Tensor:
+        # indexing backward accumulates: the gradient of values[k] is the sum over its members
+        return values[self.labels]
+
+    def right_inverse(self, weight: Tensor) -> Tensor:
+        """The cluster means of ``weight``: the least-squares tied weight."""
+        # shifted mean: each cluster's first member plus the mean deviation from it, so a cluster
+        # of equal values keeps its value exactly
+        flat, w = self.labels.reshape(-1), weight.reshape(-1)
+        order = torch.arange(flat.numel(), device=flat.device)
+        first = torch.full((self.num_values,), flat.numel(), device=flat.device)
+        first = first.scatter_reduce(0, flat, order, "amin")
+        anchor = w[first]
+        dev = weight.new_zeros(self.num_values).index_add_(0, flat, w - anchor[flat])
+        counts = torch.bincount(flat, minlength=self.num_values).to(weight.dtype)
+        return anchor + dev / counts
+
+    def extra_repr(self) -> str:
+        return f"num_values={self.num_values}, shape={tuple(self.labels.shape)}"
+
+
+def _check_floating(w: Tensor, what: str) -> None:
+    if not isinstance(w, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(w).__name__}")
+    if not w.is_floating_point():
+        raise TypeError(f"{what} must be a real floating tensor, got dtype {w.dtype}")
+
+
+def _check_finite(w: Tensor, what: str) -> None:
+    bad = int((~torch.isfinite(w)).sum())
+    if bad:
+        raise ValueError(
+            f"{what} of shape {tuple(w.shape)} has {bad} NaN/inf entr{'y' if bad == 1 else 'ies'}"
+        )
+
+
+def tie(module: nn.Module, name: str = "weight", labels: Tensor | None = None) -> nn.Module:
+    """Tie the entries of ``module.<name>`` that share a label to one trainable value.
+
+    Registers a parametrization that stores one value per cluster (initialised to the cluster
+    mean) and gathers them into the weight, so the gradient of a shared value is the sum of its
+    members' gradients. The stored ``Parameter`` keeps its identity and becomes shape ``(K,)``:
+    build the optimizer after tying.
+
+    Args:
+        module: the module that owns the parameter.
+        name: the parameter's attribute name.
+        labels: integer tensor of the parameter's shape; equal labels share one value. Defaults to
+            ``weightshare.clusters(weight)``, the groups of exactly equal values.
+
+    Returns:
+        The module, now parametrized.
+
+    Raises:
+        ValueError: ``name`` is not a plain parameter of ``module``, is already parametrized,
+            holds NaN/inf, or ``labels`` has another shape.
+        TypeError: the parameter is not floating point or ``labels`` is not an integer tensor.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"tie expects an nn.Module, got {type(module).__name__}")
+    if parametrize.is_parametrized(module, name):
+        raise ValueError(f"{name!r} of {type(module).__name__} is already parametrized")
+    weight = module._parameters.get(name)
+    if weight is None:
+        raise ValueError(f"{type(module).__name__} has no parameter named {name!r}")
+    _check_floating(weight, f"parameter {name!r}")
+    _check_finite(weight.detach(), f"parameter {name!r}")
+    if labels is None:
+        from ._prox import clusters
+
+        labels = clusters(weight.detach()).reshape(weight.shape)
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor, got dtype {labels.dtype}")
+    if labels.shape != weight.shape:
+        raise ValueError(
+            f"labels of shape {tuple(labels.shape)} do not match {name!r} of shape "
+            f"{tuple(weight.shape)}"
+        )
+    uniq, index = torch.unique(labels.to(weight.device), return_inverse=True)
+    tied = Tied(index.to(torch.int64).reshape(weight.shape), int(uniq.numel()))
+    parametrize.register_parametrization(module, name, tied, unsafe=True)
+    return module
+
+
+def untie(module: nn.Module, name: str = "weight") -> nn.Module:
+    """Remove the tying of ``module.<name>``, keeping the tied weight as a plain parameter.
+
+    Args:
+        module: the module that owns the tied parameter.
+        name: the parameter's attribute name.
+
+    Returns:
+        The module, with ``module.<name>`` a plain parameter of the original shape (the same
+        ``Parameter`` object).
+
+    Raises:
+        ValueError: ``module.<name>`` is not tied by :func:`tie`.
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"untie expects an nn.Module, got {type(module).__name__}")
+    if not parametrize.is_parametrized(module, name) or not any(
+        isinstance(p, Tied) for p in module.parametrizations[name]
+    ):
+        raise ValueError(f"{name!r} of {type(module).__name__} is not tied")
+    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return module
+
+
+def num_distinct(w: Tensor) -> int:
+    """The number of distinct values among the entries of ``w`` (``-0.0 == 0.0``).
+
+    Args:
+        w: a real floating tensor of any shape.
+
+    Returns:
+        The count; 0 for an empty tensor.
+
+    Raises:
+        TypeError: ``w`` is not a real floating tensor.
+        ValueError: ``w`` holds NaN or inf.
+    """
+    _check_floating(w, "w")
+    w = w.detach()
+    _check_finite(w, "w")
+    return int(torch.unique(w).numel())
+
+
+def zero_fraction(w: Tensor, atol: float = 0.0) -> float:
+    """The fraction of entries of ``w`` with ``|w_i| <= atol``.
+
+    Args:
+        w: a non-empty real floating tensor of any shape.
+        atol: the tolerance, ``>= 0``.
+
+    Returns:
+        A float in ``[0, 1]``.
+
+    Raises:
+        TypeError: ``w`` is not a real floating tensor.
+        ValueError: ``w`` is empty or holds NaN/inf, or ``atol`` is negative or NaN.
+    """
+    _check_floating(w, "w")
+    w = w.detach()
+    atol = float(atol)
+    if not atol >= 0.0:
+        raise ValueError(f"atol must be >= 0, got {atol}")
+    if w.numel() == 0:
+        raise ValueError("zero_fraction of an empty tensor is undefined")
+    _check_finite(w, "w")
+    return int((w.abs() <= atol).sum()) / w.numel()

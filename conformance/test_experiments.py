@@ -1,0 +1,262 @@
+"""Smoke tests of the experiments package: output schema, sanity, data loaders and metrics.
+
+Each experiment runs with its ``--smoke`` preset (1 seed, 1 epoch, tiny grids); the claims
+themselves are tested by the committed full runs, not here.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from experiments import EXPERIMENTS, data, metrics
+from experiments._common import MissingDependencyError, require
+from experiments.cli import main, run_experiment
+from experiments.models import LocalCNN, Net2CNN, conv_as_matrix
+
+
+def _smoke(name: str, out: Path, *extra: str) -> dict:
+    return run_experiment([name, "--smoke", "--out", str(out), "--no-progress", *extra])
+
+
+def _acc(entry: dict) -> None:
+    assert 0.0 <= entry["mean"] <= 1.0
+    assert entry["std"] >= 0.0
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[dict, Path]]:
+    """Every experiment's smoke run, once for the module."""
+    out = tmp_path_factory.mktemp("experiments")
+    return {name: (_smoke(name, out), out / name) for name in EXPERIMENTS}
+
+
+@pytest.mark.req("EXP-1")
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_every_experiment_writes_summary_table_and_figures(smoke_runs, name: str) -> None:
+    summary, folder = smoke_runs[name]
+    on_disk = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    assert on_disk["experiment"] == name == summary["experiment"]
+    assert on_disk["preset"] == "smoke"
+    assert on_disk["seeds"] == 1
+    assert isinstance(on_disk["config"], dict)
+    assert on_disk["runtime_s"] >= 0
+    table = (folder / "table.md").read_text(encoding="utf-8")
+    assert table.startswith("| ") and "| --- |" in table
+    pngs = sorted(folder.glob("*.png"))
+    assert pngs, f"{name} wrote no figure"
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.req("EXP-10")
+def test_shuffled_pixels_summary_schema(smoke_runs) -> None:
+    summary, _ = smoke_runs["shuffled-pixels"]
+    for model in ("fc", "fc_wsr", "cnn"):
+        entry = summary["models"][model]
+        for setting in ("original", "shuffled"):
+            _acc(entry[setting])
+            assert len(entry[setting]["runs"]) == summary["seeds"]
+            assert 1 <= entry[setting]["num_distinct"]["mean"] <= entry[setting]["num_weights"]
+            assert 0.0 <= entry[setting]["zero_fraction"]["mean"] <= 1.0
+        assert 0.0 <= entry["conv_likeness"] <= 1.0
+    # the CNN's first layer is a 3x3 conv: its equivalent matrix is local by construction
+    assert summary["models"]["cnn"]["conv_likeness"] == pytest.approx(1.0)
+    assert summary["models"]["fc_wsr"]["original"]["lam"] > 0
+    assert summary["models"]["fc"]["original"]["lam"] == 0
+
+
+@pytest.mark.req("EXP-11")
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**16), units=st.integers(1, 5))
+def test_unshuffle_undoes_the_pixel_permutation(seed: int, units: int) -> None:
+    shape = (1, 8, 8)
+    perm = data.pixel_permutation(shape, seed)
+    rng = np.random.default_rng(seed)
+    w = torch.from_numpy(rng.standard_normal((units, 64)))
+    x = torch.from_numpy(rng.standard_normal((3, 1, 8, 8)))
+    split = data.Split(x, torch.zeros(3), x, torch.zeros(3), x, torch.zeros(3), name="t")
+    xs = data.permute_pixels(split, perm).x_train
+    w_orig = metrics.unshuffle_columns(w, perm)
+    # a unit that sees shuffled pixels computes what its unshuffled twin computes on the original
+    torch.testing.assert_close(xs.flatten(1) @ w.T, x.flatten(1) @ w_orig.T, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.req("EXP-12")
+def test_conv_likeness_of_convs_and_of_spread_units() -> None:
+    torch.manual_seed(0)
+    cnn = LocalCNN((1, 8, 8), channels=3)
+    assert metrics.conv_likeness(conv_as_matrix(cnn.conv1, (1, 8, 8)), (1, 8, 8)) == 1.0
+    torus = Net2CNN(2, 2)
+    m = conv_as_matrix(torus.conv1, (1, 6, 6))
+    assert metrics.conv_likeness(m, (1, 6, 6), circular=True) == pytest.approx(1.0)
+    assert metrics.conv_likeness(m, (1, 6, 6), circular=False) < 1.0  # wrapped kernels
+    # two far-apart spikes on a zero background: the best 3x3 patch holds half the energy
+    w = torch.zeros(1, 64)
+    w[0, 0], w[0, 63] = 1.0, -1.0
+    assert metrics.conv_likeness(w, (1, 8, 8)) == pytest.approx(0.5)
+    # a constant row has no pattern (median-centred): score 0
+    assert metrics.conv_likeness(torch.full((2, 64), 0.3), (1, 8, 8)) == 0.0
+    assert 0.0 < metrics.random_locality((1, 8, 8)) < 0.5
+
+
+@pytest.mark.req("EXP-2")
+def test_same_seed_same_results(tmp_path: Path) -> None:
+    a = _smoke("symmetry", tmp_path / "a")
+    b = _smoke("symmetry", tmp_path / "b")
+    for arch in a["models"]:
+        for kind in a["models"][arch]:
+            assert (
+                a["models"][arch][kind]["runs"][0]["test_acc"]
+                == (b["models"][arch][kind]["runs"][0]["test_acc"])
+            )
+            assert (
+                a["models"][arch][kind]["runs"][0]["train_loss"]
+                == (b["models"][arch][kind]["runs"][0]["train_loss"])
+            )
+    assert torch.are_deterministic_algorithms_enabled() is False  # restored after the run
+
+
+@pytest.mark.req("EXP-3")
+def test_digits_split_is_fixed_stratified_and_disjoint() -> None:
+    a, b = data.load_digits(0), data.load_digits(0)
+    assert a.sizes == {"train": 1078, "val": 359, "test": 360}
+    torch.testing.assert_close(a.x_test, b.x_test)
+    assert torch.bincount(a.y_test, minlength=10).min() >= 35
+    y = np.asarray(torch.cat([a.y_train, a.y_val, a.y_test]))
+    tr, va, te = data._stratified_split(np.sort(y), (0.6, 0.2), 0)
+    assert len(np.unique(np.concatenate([tr, va, te]))) == len(tr) + len(va) + len(te) == 1797
+    assert a.x_train.mean().abs() < 1e-5 and (a.x_train.std() - 1).abs() < 1e-3
+
+
+def _write_idx(path: Path, arr: np.ndarray, gz: bool = False) -> None:
+    header = struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    raw = header + arr.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        path.write_bytes(gzip.compress(raw))
+    else:
+        path.write_bytes(raw)
+
+
+def _fake_mnist(folder: Path, n_train: int = 200, n_test: int = 50) -> None:
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_idx(folder / data.MNIST_FILES["train_x"], rng.integers(0, 256, (n_train, 28, 28)), True)
+    _write_idx(folder / data.MNIST_FILES["train_y"], np.arange(n_train) % 10)
+    _write_idx(folder / data.MNIST_FILES["test_x"], rng.integers(0, 256, (n_test, 28, 28)))
+    _write_idx(folder / data.MNIST_FILES["test_y"], np.arange(n_test) % 10, True)
+
+
+@pytest.mark.req("EXP-4")
+def test_mnist_loaders_read_local_idx_files(tmp_path: Path) -> None:
+    _fake_mnist(tmp_path / "MNIST" / "raw")
+    plain = data.load(name="mnist", data_dir=tmp_path)
+    assert plain.image_shape == (1, 28, 28)
+    assert sum(plain.sizes.values()) == 250
+    torus = data.load(name="mnist-torus", data_dir=tmp_path)
+    assert torus.image_shape == (1, 14, 14)
+    assert torus.sizes == {"train": 120, "val": 20, "test": 50}
+    assert set(torus.y_train.tolist()) == set(range(10))
+
+
+@pytest.mark.req("EXP-4")
+def test_missing_data_files_raise_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
+        data.load("mnist-torus", tmp_path)
+    with pytest.raises(FileNotFoundError, match="data_batch_1"):
+        data.load("cifar10", tmp_path)
+    with pytest.raises(FileNotFoundError, match="--data-dir"):
+        data.load("mnist", None)
+    with pytest.raises(ValueError, match="unknown data set"):
+        data.load("imagenet", tmp_path)
+    bad = tmp_path / "bad-idx"
+    bad.write_bytes(b"\x00\x00\x0d\x01" + b"\x00" * 8)
+    with pytest.raises(ValueError, match="not a uint8 idx file"):
+        data.read_idx(bad)
+    assert (
+        main(
+            [
+                "shuffled-pixels",
+                "--smoke",
+                "--dataset",
+                "mnist-torus",
+                "--data-dir",
+                str(tmp_path),
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
+
+
+@pytest.mark.req("EXP-4", "EXP-13")
+def test_torus_official_models_run_on_local_mnist(tmp_path: Path) -> None:
+    _fake_mnist(tmp_path / "mnist")
+    summary = _smoke(
+        "shuffled-pixels", tmp_path / "out", "--dataset", "mnist-torus", "--data-dir", str(tmp_path)
+    )
+    assert summary["dataset"] == "mnist-torus"
+    assert summary["config"]["circular"] is True
+    for model in ("fc", "fc_wsr", "cnn"):
+        _acc(summary["models"][model]["original"])
+    assert summary["models"]["cnn"]["conv_likeness"] == pytest.approx(1.0)
+
+
+@pytest.mark.req("EXP-5")
+def test_missing_dependency_is_reported_by_name() -> None:
+    with pytest.raises(MissingDependencyError, match=r"weightshare\.no_such_api"):
+        require("weightshare", "no_such_api", experiment="demo")
+    with pytest.raises(MissingDependencyError, match="no_such_module"):
+        require("no_such_module", experiment="demo")
+
+
+@pytest.mark.req("EXP-20")
+def test_arbnets_summary_schema(smoke_runs) -> None:
+    summary, _ = smoke_runs["arbnets"]
+    variants = summary["variants"]
+    assert {"uniform", "uniform+sign"} <= set(variants)
+    assert any(v.startswith("dirichlet") for v in variants)
+    assert any(v.startswith("neighborhood") for v in variants)
+    hashed = variants["uniform"]["free_parameters"]
+    dense = next(v for k, v in variants.items() if k.startswith("dense, uncompressed"))
+    assert hashed < dense["free_parameters"]
+    for v in variants.values():
+        _acc(v)
+        assert 0.0 <= v["entropy"]["mean"] <= 1.0 + 1e-12
+    assert variants["neighborhood r=0"]["entropy"]["mean"] == pytest.approx(1.0, abs=0.02)
+
+
+@pytest.mark.req("EXP-30")
+def test_symmetry_summary_schema(smoke_runs) -> None:
+    summary, _ = smoke_runs["symmetry"]
+    for arch, kinds in summary["models"].items():
+        assert "dense" in kinds, arch
+        for kind, entry in kinds.items():
+            _acc(entry)
+            if kind != "dense":
+                assert 0.0 < entry["parameter_cut"] < 1.0
+                assert entry["free_parameters"] < kinds["dense"]["free_parameters"]
+
+
+@pytest.mark.req("EXP-40")
+def test_factorization_summary_schema(smoke_runs) -> None:
+    summary, _ = smoke_runs["factorization"]
+    assert summary["dwf_runs"] and summary["pruning_runs"]
+    for run in summary["dwf_runs"]:
+        assert 0.0 <= run["test_acc"] <= 1.0
+        assert run["cr"] >= 1.0 or math.isinf(run["cr"])
+    for run in summary["pruning_runs"]:
+        assert run["cr"] == pytest.approx(run["target"], rel=0.01)
+    assert "magnitude pruning" in summary["matched"]

@@ -1,0 +1,99 @@
+"""Small PNG figures (matplotlib, Agg backend, low dpi so committed figures stay small)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+DPI = 80
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def unit_grid(
+    panels: Mapping[str, torch.Tensor],
+    image_shape: tuple[int, int, int],
+    path: Path,
+    units: int = 16,
+) -> Path:
+    """One panel per entry: the first ``units`` rows of a first-layer matrix shown as images.
+
+    Each unit is min-max normalised on its own (as in the official WSR plots); channels are
+    averaged for colour inputs.
+    """
+    c, h, w = image_shape
+    cols = int(np.ceil(np.sqrt(units)))
+    rows = int(np.ceil(units / cols))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.4), squeeze=False)
+    for ax, (title, weight) in zip(axes[0], panels.items(), strict=True):
+        imgs = weight.detach().cpu().double().reshape(-1, c, h, w).mean(1)[:units].numpy()
+        canvas = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
+        for k, img in enumerate(imgs):
+            lo, hi = img.min(), img.max()
+            norm = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
+            r, q = divmod(k, cols)
+            canvas[r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = norm
+        ax.imshow(canvas, cmap="gray", interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def grouped_bars(
+    groups: Sequence[str],
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    path: Path,
+    ylabel: str,
+    ylim: tuple[float, float] | None = None,
+) -> Path:
+    """Bars with error bars: ``series[name][i] = (mean, std)`` for ``groups[i]``."""
+    fig, ax = plt.subplots(figsize=(4.6, 2.8))
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(len(groups))
+    for k, (name, vals) in enumerate(series.items()):
+        means = [v[0] for v in vals]
+        stds = [v[1] for v in vals]
+        ax.bar(x + (k - (len(series) - 1) / 2) * width, means, width, yerr=stds, label=name)
+    ax.set_xticks(x, groups, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    if ylim:
+        ax.set_ylim(*ylim)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def lines(
+    series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float] | None]],
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+    logx: bool = False,
+    markers: bool = True,
+) -> Path:
+    """Lines (or scatter when ``markers``): ``series[name] = (x, y, yerr or None)``."""
+    fig, ax = plt.subplots(figsize=(4.6, 3.0))
+    for name, (xs, ys, err) in series.items():
+        ax.errorbar(
+            xs, ys, yerr=err, marker="o" if markers else None, ms=3, lw=1, capsize=2, label=name
+        )
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 EXTRAS := reference,experiments,docs,dev
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install test conformance docs serve-docs bench lint demo matrix wheel-check clean
+.PHONY: install test conformance docs docs-src serve-docs bench lint demo matrix wheel-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,11 +23,18 @@ test: install
 conformance: install
 	$(PY) -m pytest conformance --ignore=conformance/benchmarks
 
-docs: install
+## mkdocstrings reads the sources statically from build/docs-src/weightshare, a tree of links that
+## puts reference/ inside accelerated/ as the installed package has it.
+docs-src: install
+	rm -rf build/docs-src && mkdir -p build/docs-src/weightshare
+	ln -s $(CURDIR)/accelerated/* build/docs-src/weightshare/
+	ln -s $(CURDIR)/reference build/docs-src/weightshare/reference
+
+docs: docs-src
 	$(VENV)/bin/mkdocs build --strict --site-dir site
 	$(PY) -m conformance.offline site
 
-serve-docs: install
+serve-docs: docs-src
 	$(VENV)/bin/mkdocs serve
 
 ## Benchmarks as JSON (bench.json); ratios are printed and written to spec/performance data.

@@ -147,7 +147,7 @@ def table(
     if parts == ("eigen",):
         raise ValueError("kind 'eigen' is not linear and has no index table")
     shape = tuple(int(s) for s in shape)
-    return _table(parts, shape, tuple(sorted(kw.items()))).to(device)
+    return _table(parts, shape, tuple(sorted(kw.items()))).to(device, copy=True)
 
 
 def num_free(kind: str, shape: Sequence[int], **kind_kwargs: Any) -> int:

@@ -25,7 +25,7 @@ _LIVE: weakref.WeakKeyDictionary[Optimizer, Attachment] = weakref.WeakKeyDiction
 
 
 class Attachment:
-    """The handle returned by :func:`attach`; ``remove()`` detaches the prox."""
+    """The handle returned by `attach`; ``remove()`` detaches the prox."""
 
     def __init__(self, optimizer: Optimizer) -> None:
         self._optimizer = weakref.ref(optimizer)
@@ -165,14 +165,14 @@ def attach(
 
     Args:
         optimizer: any ``torch.optim.Optimizer``.
-        lam: the WSR strength :math:`\lambda \ge 0`, or ``None`` to resume from the ``wsr_*`` keys
+        lam: the WSR strength $\lambda \ge 0$, or ``None`` to resume from the ``wsr_*`` keys
             already in the param groups (after ``load_state_dict``).
         params: the tensors to regularize; all must be held by ``optimizer``. Defaults to every
             parameter of the optimizer with ``ndim >= 2``.
         dim: ``None`` for one vector per tensor, or the dimension along which each 1-D slice is
             its own vector.
-        l1: the l1 strength :math:`\mu \ge 0`; the threshold is ``lr * l1``.
-        method: the prox algorithm, as for :func:`weightshare.prox`.
+        l1: the l1 strength $\mu \ge 0$; the threshold is ``lr * l1``.
+        method: the prox algorithm, as for `weightshare.prox`.
 
     Returns:
         A handle whose ``remove()`` stops the prox and deletes the ``wsr_*`` keys.
@@ -181,7 +181,7 @@ def attach(
         ValueError: negative or non-finite ``lam``/``l1``, a tensor not held by the optimizer, an
             empty selection, a second live attachment, or nothing to resume from.
         IndexError: ``dim`` out of range for an attached tensor.
-        TypeError: ``optimizer`` is not an ``Optimizer``.
+        TypeError: ``optimizer`` is not an ``Optimizer``, or ``lam``/``l1`` is not a number.
     """
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"attach expects a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -230,7 +230,7 @@ def _step_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
             active = [i for i, lam in enumerate(lams) if lam > 0]
             if active:
                 proxed = prox_many(
-                    [tensors[i] for i in active], [lams[i] for i in active], None, method=method
+                    [tensors[i] for i in active], [lams[i] for i in active], dim, method=method
                 )
                 for i, out in zip(active, proxed, strict=True):
                     outs[i] = out

@@ -51,7 +51,7 @@ def prefix_sums(y: torch.Tensor, elements: int) -> tuple[torch.Tensor, torch.Ten
     body.sub_(shift)
     if elements > n:
         s[:, n + 1 :] = body.amax(dim=1, keepdim=True)
-    s[:, 0] = 0.0
+    s[:, 0].zero_()
     s[:, 1:] = s[:, 1:].cumsum(dim=1)
     return s, shift
 

@@ -30,62 +30,60 @@ from __future__ import annotations
 
 import torch
 
-from ._isotonic_common import (
-    ceil_log2,
-    check_rows,
-    edge_slopes,
-    prefix_sums,
-)
+from ._isotonic_common import ceil_log2, check_rows, edge_slopes, prefix_sums
 
 
 def _bridges(
-    s: torch.Tensor, prev: torch.Tensor, nxt: torch.Tensor, h: int
+    s: torch.Tensor, last: torch.Tensor, links: torch.Tensor, h: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The bridge vertices ``(a*, c*)`` of every block of ``2h`` points (absolute indices).
+    """The bridge vertices ``(a*, c*)`` of every block of ``2h`` points (absolute int64 indices).
 
-    Tensors of shape ``(B, nb, 2)`` hold one value per block and side (A, C).
+    Args:
+        s: ``(B, N)`` float64 prefix sums (the points' ordinates).
+        last: ``(B, N)`` integer, the last vertex at or before every point (within its half).
+        links: ``(B, 2N)`` integer, interleaved previous/next vertex of every vertex (a half's
+            first/last vertex links to itself).
+        h: the half-block length.
+
+    Returns:
+        Two ``(B, N / 2h)`` int64 tensors.
     """
     rows, points = s.shape
     nb = points // (2 * h)
     first = torch.arange(0, points, 2 * h, device=s.device).view(nb, 1)
-    lower = torch.cat([first, first + h], dim=1).expand(rows, nb, 2)  # halves' first points
-    upper = lower + (h - 1)  # halves' last points (always vertices, like the first ones)
-    lo, hi = lower, upper
-    sep = first.view(nb).to(torch.float64) + (h - 0.5)  # an abscissa strictly between halves
-    for _ in range(2 * ceil_log2(h) + 2):
-        mid = (lo + hi).div_(2, rounding_mode="floor")
-        probe = prev.gather(1, mid.reshape(rows, -1)).long()
-        left = prev.gather(1, (probe - 1).clamp_(min=0)).long()
-        right = nxt.gather(1, (probe + 1).clamp_(max=points - 1)).long()
-        idx = torch.stack([probe, left, right], dim=-1)  # (B, 2nb, 3): (a, a-, a+), (c, c-, c+)
-        probe, left, right = (t.view(rows, nb, 2) for t in (probe, left, right))
-        dx = idx.to(torch.float64).view(rows, nb, 6)
-        dy = s.gather(1, idx.view(rows, -1)).view(rows, nb, 6)
-        dx = dx - dx[..., :1]  # coordinates relative to a
+    lo = torch.cat([first, first + h], dim=1).expand(rows, nb, 2)  # per block: sides A, C
+    hi = lo + (h - 1)
+    gap = first.view(nb).to(torch.float64) + (h - 0.5)  # an abscissa strictly between halves
+    step = torch.tensor([0, 1], device=s.device)
+    probe = lo
+    for _ in range(2 * ceil_log2(h) + 1):
+        mid = (lo + hi) >> 1
+        probe = last.gather(1, mid.view(rows, 2 * nb))
+        near = links.gather(1, probe.unsqueeze(-1).mul(2).add(step).view(rows, 4 * nb))
+        # per block: (a, a-, a+, c, c-, c+)
+        idx = torch.cat([probe.unsqueeze(-1), near.view(rows, 2 * nb, 2)], dim=-1).long()
+        probe = idx[..., 0].view(rows, nb, 2)
+        dx = idx.view(rows, nb, 6).to(torch.float64)
+        dy = s.gather(1, idx.view(rows, 6 * nb)).view(rows, nb, 6)
+        dx = dx - dx[..., :1]  # relative to a
         dy = dy - dy[..., :1]
-        # strictly below the line a-c; a neighbour that does not exist is never below
-        below = (dx[..., 3:4] * dy < dy[..., 3:4] * dx).view(rows, nb, 2, 3)[..., 1:]
-        below = below & torch.stack([probe > lower, probe < upper], dim=-1)
-        a_left, a_right = below[..., 0, 0], below[..., 0, 1]
-        c_left, c_right = below[..., 1, 0], below[..., 1, 1]
-        a_ok = ~(a_left | a_right)
-        c_ok = ~(c_left | c_right)
-        # ambiguous case: compare the lines through (a, a+) and (c-, c) at the separator
-        gap = sep - probe[..., 0]  # from a to the separator
-        line_a = dy[..., 2] / dx[..., 2] * gap
+        # strictly below the line a-c (a missing neighbour is the probe itself: never below)
+        below = dx[..., 3:4] * dy < dy[..., 3:4] * dx
+        a_left, a_right, c_left, c_right = below[..., 1], below[..., 2], below[..., 4], below[..., 5]
+        # ambiguous case (a+ and c- below): compare the lines through (a, a+) and (c-, c) at the
+        # separator; if the right one is not lower there, a* > a, else c* < c
+        to_gap = gap - probe[..., 0]
+        line_a = dy[..., 2] / dx[..., 2] * to_gap
         line_c = dy[..., 3] + (dy[..., 3] - dy[..., 4]) / (dx[..., 3] - dx[..., 4]) * (
-            gap - dx[..., 3]
+            to_gap - dx[..., 3]
         )
-        ambiguous = a_right & c_left
         right_higher = line_c >= line_a
-        done = a_ok & c_ok
-        to_next = torch.stack([(a_right & c_ok) | (ambiguous & right_higher), c_right], dim=-1)
-        to_prev = torch.stack([a_left, (a_ok & c_left) | (ambiguous & ~right_higher)], dim=-1)
-        lo_to_probe = torch.stack([done, done | (a_right & c_ok)], dim=-1)
-        hi_to_probe = torch.stack([done | (a_ok & c_left), done], dim=-1)
-        lo = torch.where(to_next, right, torch.where(lo_to_probe, probe, lo))
-        hi = torch.where(to_prev, left, torch.where(hi_to_probe, probe, hi)).maximum(lo)
-    return lo[..., 0], lo[..., 1]
+        move_a = a_right & ~c_right & (~c_left | right_higher)
+        move_c = c_left & ~a_left & (~a_right | ~right_higher)
+        lo = torch.where(torch.stack([move_a, c_right], dim=-1), idx[..., 2].view(rows, nb, 2), lo)
+        hi = torch.where(torch.stack([a_left, move_c], dim=-1), idx[..., 1].view(rows, nb, 2), hi)
+    # once both intervals are single vertices (or earlier) the probes are the bridge
+    return probe[..., 0], probe[..., 1]
 
 
 def isotonic_hull(y: torch.Tensor) -> torch.Tensor:
@@ -103,18 +101,28 @@ def isotonic_hull(y: torch.Tensor) -> torch.Tensor:
     levels = ceil_log2(n + 1)
     points = 1 << levels
     s, shift = prefix_sums(y, points - 1)
-    # previous / next hull vertex of every point; every point starts as a vertex. A merge only
-    # removes the points strictly between the bridge ends, whose neighbours become those ends.
-    itype = torch.int32 if points < 2**31 else torch.int64
+    itype = torch.int32 if 2 * points < 2**31 else torch.int64
     index = torch.arange(points, device=y.device, dtype=itype)
-    prev = index.expand(rows, points).clone()
-    nxt = prev.clone()
-    for level in range(2, levels + 1):  # level 1 merges point pairs: nothing to remove
+    # every point starts as a vertex, its own last vertex, linked to itself (singleton hulls).
+    # Level 1 merges point pairs: both stay vertices, so start from level 2 with linked pairs.
+    last = index.expand(rows, points).clone()
+    links = torch.stack([index, index], dim=-1).view(1, points, 2).repeat(rows, 1, 1)
+    pairs = links.view(rows, -1, 2, 2)
+    pairs[:, :, 0, 1] = pairs[:, :, 1, 1]  # left point's next: the right one
+    pairs[:, :, 1, 0] = pairs[:, :, 0, 0]  # right point's previous: the left one
+    links = links.view(rows, 2 * points)
+    for level in range(2, levels + 1):
         h = 1 << (level - 1)
-        a, c = _bridges(s, prev, nxt, h)
+        a, c = _bridges(s, last, links, h)
+        # drop the points strictly between the bridge ends; link a* <-> c*
         k = index.view(-1, 2 * h)
         inside = (k > a.unsqueeze(-1)) & (k < c.unsqueeze(-1))
-        shape = (rows, -1, 2 * h)
-        prev = torch.where(inside, a.to(itype).unsqueeze(-1), prev.view(shape)).view(rows, points)
-        nxt = torch.where(inside, c.to(itype).unsqueeze(-1), nxt.view(shape)).view(rows, points)
-    return edge_slopes(s, prev[:, :n], nxt[:, 1 : n + 1], shift).to(y.dtype)
+        last = torch.where(inside, a.to(itype).unsqueeze(-1), last.view(rows, -1, 2 * h))
+        last = last.view(rows, points)
+        links.scatter_(1, 2 * a + 1, c.to(itype))
+        links.scatter_(1, 2 * c, a.to(itype))
+    nxt = links.view(rows, points, 2)[..., 1]
+    # element i spans points i..i+1: its edge starts at last[i] and ends at next(last[i])
+    left = last[:, :n].long()
+    right = nxt.gather(1, left)
+    return edge_slopes(s, left, right, shift).to(y.dtype)

@@ -122,7 +122,7 @@ def untie(module: nn.Module, name: str = "weight") -> nn.Module:
         ``Parameter`` object).
 
     Raises:
-        ValueError: ``module.<name>`` is not tied by :func:`tie`.
+        ValueError: ``module.<name>`` is not tied by `tie`.
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"untie expects an nn.Module, got {type(module).__name__}")

@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "clusters": "._prox",
     "soft_threshold": "._prox",
     "attach": "._attach",
+    "Attachment": "._attach",
     "tie": "._tie",
     "untie": "._tie",
     "num_distinct": "._tie",
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from . import nn as nn
     from . import reference as reference
     from . import symmetry as symmetry
+    from ._attach import Attachment as Attachment
     from ._attach import attach as attach
     from ._factorization import collapse as collapse
     from ._factorization import factorize as factorize

@@ -9,6 +9,7 @@ modules, imported on first use; "pava" runs SciPy's C++ PAVA on the host.
 from __future__ import annotations
 
 import importlib
+import itertools
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,14 +26,27 @@ _MODULES = {
 }
 
 
+_KERNELS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+
+
+def _load(method: str) -> None:
+    module, name = _MODULES[method]
+    _KERNELS[method] = getattr(importlib.import_module(module, __package__), name)
+
+
 def kernel(method: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The ``(B, n) -> (B, n)`` function of a method; ImportError if its module is missing."""
+    """The ``(B, n) -> (B, n)`` function of a method; ImportError if its module is missing.
+
+    The modules present are imported with this one (a plain dict lookup is all ``torch.compile``
+    has to trace); a missing one is retried on each eager call.
+    """
     if method == "pava":
         return isotonic_pava
     if method not in _MODULES:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join((*METHODS, 'auto'))}")
-    module, name = _MODULES[method]
-    return getattr(importlib.import_module(module, __package__), name)
+    if method not in _KERNELS:
+        _load(method)
+    return _KERNELS[method]
 
 
 def isotonic(y: torch.Tensor, method: str) -> torch.Tensor:
@@ -89,7 +103,7 @@ def parallel_rows(fn: Callable[[int, int], None], rows: int, cost: int) -> None:
         fn(0, rows)
         return
     bounds = np.linspace(0, rows, workers + 1).astype(int)
-    futures = [pool().submit(fn, int(a), int(b)) for a, b in zip(bounds, bounds[1:]) if b > a]
+    futures = [pool().submit(fn, int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
     for f in futures:
         f.result()
 
@@ -109,3 +123,10 @@ def isotonic_pava(y: torch.Tensor) -> torch.Tensor:
     host = y.detach().to("cpu", torch.float64, copy=True).contiguous()
     pava_rows_(host.numpy())
     return host.to(y.device, y.dtype)
+
+
+for _method in _MODULES:
+    try:
+        _load(_method)
+    except ImportError:  # not written yet, or an optional dependency is missing
+        pass

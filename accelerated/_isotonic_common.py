@@ -44,15 +44,15 @@ def prefix_sums(y: torch.Tensor, elements: int) -> tuple[torch.Tensor, torch.Ten
         ``shift`` is the ``(B, 1)`` float64 row mean.
     """
     rows, n = y.shape
-    s = torch.empty(rows, elements + 1, dtype=torch.float64, device=y.device)
-    body = s[:, 1 : n + 1]
-    body.copy_(y)
-    shift = body.sum(dim=1, keepdim=True).div_(n)
-    body.sub_(shift)
+    shift = y.mean(dim=1, keepdim=True, dtype=torch.float64)
+    z = y.to(torch.float64) - shift
+    parts = [z.new_zeros(rows, 1), z]
     if elements > n:
-        s[:, n + 1 :] = body.amax(dim=1, keepdim=True)
-    s[:, 0].zero_()
-    s[:, 1:] = s[:, 1:].cumsum(dim=1)
+        parts.append(z.amax(dim=1, keepdim=True).expand(rows, elements - n))
+    # no writes into tensors created here from y (torch.func.vmap could not batch them)
+    s = torch.cat(parts, dim=1)
+    del parts, z
+    s = s.cumsum_(dim=1)
     return s, shift
 
 
@@ -67,8 +67,13 @@ def next_vertex(vertex: torch.Tensor, index: torch.Tensor, last: int) -> torch.T
     return marked.cummin(dim=-1).values.flip(-1)
 
 
+#: the final broadcast runs in this many column chunks for long rows (bounds its temporaries)
+_FINAL_CHUNKS = 4
+_CHUNKED_FROM = 1 << 20
+
+
 def edge_slopes(
-    s: torch.Tensor, left: torch.Tensor, right: torch.Tensor, shift: torch.Tensor
+    s: torch.Tensor, left: torch.Tensor, right: torch.Tensor, shift: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
     """Each element's value: the slope of the hull edge ``[left, right]`` that spans it, plus shift.
 
@@ -77,17 +82,24 @@ def edge_slopes(
         left: ``(B, n)`` integer: for element ``i``, the last vertex at or before point ``i``.
         right: ``(B, n)`` integer: for element ``i``, the first vertex at or after point ``i + 1``.
         shift: ``(B, 1)`` float64 row means to add back.
+        dtype: the result's dtype.
 
     Returns:
-        ``(B, n)`` float64 values.
+        ``(B, n)`` values of ``dtype``.
     """
-    left = left.long()
-    right = right.long()
-    rise = s.gather(1, right).sub_(s.gather(1, left))
-    return rise.div_(right - left).add_(shift)
+    n = left.shape[1]
+    step = -(-n // _FINAL_CHUNKS) if n >= _CHUNKED_FROM else n
+    out = []
+    for a in range(0, n, step):
+        lo, hi = left[:, a : a + step], right[:, a : a + step]
+        rise = s.gather(1, hi).sub_(s.gather(1, lo))
+        out.append(rise.div_(hi - lo).add_(shift).to(dtype))
+    return out[0] if len(out) == 1 else torch.cat(out, dim=1)
 
 
-def slopes(s: torch.Tensor, vertex: torch.Tensor, n: int, shift: torch.Tensor) -> torch.Tensor:
+def slopes(
+    s: torch.Tensor, vertex: torch.Tensor, n: int, shift: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
     """Broadcast each hull edge's slope to the elements under it, then undo the centring.
 
     Args:
@@ -95,9 +107,10 @@ def slopes(s: torch.Tensor, vertex: torch.Tensor, n: int, shift: torch.Tensor) -
         vertex: ``(B, m + 1)`` bool, the hull vertices (points ``0`` and ``m`` included).
         n: the number of real (unpadded) elements to return.
         shift: ``(B, 1)`` float64 row means to add back.
+        dtype: the result's dtype.
 
     Returns:
-        ``(B, n)`` float64: element ``i`` (between points ``i`` and ``i + 1``) gets the slope of the
+        ``(B, n)`` values of ``dtype``: element ``i`` (between points ``i`` and ``i + 1``) gets the slope of the
         hull edge that spans it.
     """
     index = torch.arange(s.shape[1], device=s.device)
@@ -105,4 +118,4 @@ def slopes(s: torch.Tensor, vertex: torch.Tensor, n: int, shift: torch.Tensor) -
     # if no vertex lies in 1..n, everything after the real part is collinear at the pad slope, so
     # the last point (always a vertex) spans the same edge
     right = next_vertex(vertex[:, 1 : n + 1], index[1 : n + 1], s.shape[1] - 1)
-    return edge_slopes(s, left, right, shift)
+    return edge_slopes(s, left, right, shift, dtype)

@@ -33,42 +33,51 @@ import torch
 from ._isotonic_common import ceil_log2, check_rows, edge_slopes, prefix_sums
 
 
+#: at most this many bytes of bridge-search temporaries per point: low levels, which have many
+#: small blocks, search their bridges in a few chunks of blocks (a constant number of extra ops)
+_CHUNK_POINTS_PER_BLOCK = 64
+_MIN_CHUNK_BLOCKS = 4096
+
+
 def _bridges(
-    s: torch.Tensor, last: torch.Tensor, links: torch.Tensor, h: int
+    s: torch.Tensor, last: torch.Tensor, nxt: torch.Tensor, h: int, start: int, count: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The bridge vertices ``(a*, c*)`` of every block of ``2h`` points (absolute int64 indices).
+    """The bridge vertices ``(a*, c*)`` of ``count`` blocks of ``2h`` points from block ``start``.
 
     Args:
         s: ``(B, N)`` float64 prefix sums (the points' ordinates).
         last: ``(B, N)`` integer, the last vertex at or before every point (within its half).
-        links: ``(B, 2N)`` integer, interleaved previous/next vertex of every vertex (a half's
-            first/last vertex links to itself).
+        nxt: ``(B, N)`` integer, the first vertex at or after every point (within its half).
         h: the half-block length.
+        start: the first block.
+        count: the number of blocks.
 
     Returns:
-        Two ``(B, N / 2h)`` int64 tensors.
+        Two ``(B, count)`` tensors of ``last``'s dtype (absolute point indices).
     """
     rows, points = s.shape
-    nb = points // (2 * h)
-    first = torch.arange(0, points, 2 * h, device=s.device).view(nb, 1)
-    lo = torch.cat([first, first + h], dim=1).expand(rows, nb, 2)  # per block: sides A, C
-    hi = lo + (h - 1)
-    gap = first.view(nb).to(torch.float64) + (h - 0.5)  # an abscissa strictly between halves
-    step = torch.tensor([0, 1], device=s.device)
+    itype = last.dtype
+    first = torch.arange(start * 2 * h, (start + count) * 2 * h, 2 * h, device=s.device)
+    first = first.to(itype).view(count, 1)
+    lower = torch.cat([first, first + h], dim=1).expand(rows, count, 2)  # per block: A, C
+    upper = lower + (h - 1)  # a half's first and last points are always vertices
+    lo, hi = lower, upper
+    gap = first.view(count).to(torch.float64) + (h - 0.5)  # strictly between the halves
     probe = lo
     for _ in range(2 * ceil_log2(h) + 1):
         mid = (lo + hi) >> 1
-        probe = last.gather(1, mid.view(rows, 2 * nb))
-        near = links.gather(1, probe.unsqueeze(-1).mul(2).add(step).view(rows, 4 * nb))
-        # per block: (a, a-, a+, c, c-, c+)
-        idx = torch.cat([probe.unsqueeze(-1), near.view(rows, 2 * nb, 2)], dim=-1).long()
-        probe = idx[..., 0].view(rows, nb, 2)
-        dx = idx.view(rows, nb, 6).to(torch.float64)
-        dy = s.gather(1, idx.view(rows, 6 * nb)).view(rows, nb, 6)
+        probe = last.gather(1, mid.view(rows, 2 * count)).view(rows, count, 2)
+        # neighbours on the same hull; at a hull's end the probe itself (never "below")
+        left = last.gather(1, (probe - 1).clamp(min=0).view(rows, 2 * count))
+        left = left.view(rows, count, 2).maximum(lower)
+        right = nxt.gather(1, (probe + 1).clamp(max=points - 1).view(rows, 2 * count))
+        right = right.view(rows, count, 2).minimum(upper)
+        idx = torch.stack([probe, left, right], dim=-1).view(rows, count, 6)  # a a- a+ c c- c+
+        dx = idx.to(torch.float64)
+        dy = s.gather(1, idx.view(rows, 6 * count)).view(rows, count, 6)
         dx = dx - dx[..., :1]  # relative to a
         dy = dy - dy[..., :1]
-        # strictly below the line a-c (a missing neighbour is the probe itself: never below)
-        below = dx[..., 3:4] * dy < dy[..., 3:4] * dx
+        below = dx[..., 3:4] * dy < dy[..., 3:4] * dx  # strictly below the line a-c
         a_left, a_right, c_left, c_right = below[..., 1], below[..., 2], below[..., 4], below[..., 5]
         # ambiguous case (a+ and c- below): compare the lines through (a, a+) and (c-, c) at the
         # separator; if the right one is not lower there, a* > a, else c* < c
@@ -78,10 +87,10 @@ def _bridges(
             to_gap - dx[..., 3]
         )
         right_higher = line_c >= line_a
-        move_a = a_right & ~c_right & (~c_left | right_higher)
-        move_c = c_left & ~a_left & (~a_right | ~right_higher)
-        lo = torch.where(torch.stack([move_a, c_right], dim=-1), idx[..., 2].view(rows, nb, 2), lo)
-        hi = torch.where(torch.stack([a_left, move_c], dim=-1), idx[..., 1].view(rows, nb, 2), hi)
+        move_a = a_right & torch.where(c_left, right_higher, ~c_right)
+        move_c = c_left & torch.where(a_right, ~right_higher, ~a_left)
+        lo = torch.where(torch.stack([move_a, c_right], dim=-1), right, lo)
+        hi = torch.where(torch.stack([a_left, move_c], dim=-1), left, hi)
     # once both intervals are single vertices (or earlier) the probes are the bridge
     return probe[..., 0], probe[..., 1]
 
@@ -101,28 +110,24 @@ def isotonic_hull(y: torch.Tensor) -> torch.Tensor:
     levels = ceil_log2(n + 1)
     points = 1 << levels
     s, shift = prefix_sums(y, points - 1)
-    itype = torch.int32 if 2 * points < 2**31 else torch.int64
+    itype = torch.int32 if points < 2**30 else torch.int64
     index = torch.arange(points, device=y.device, dtype=itype)
-    # every point starts as a vertex, its own last vertex, linked to itself (singleton hulls).
-    # Level 1 merges point pairs: both stay vertices, so start from level 2 with linked pairs.
+    # every point starts as a vertex (singleton hulls); level 1 merges point pairs, which keeps
+    # both, so the search starts at level 2 with the pairs' vertices linked
     last = index.expand(rows, points).clone()
-    links = torch.stack([index, index], dim=-1).view(1, points, 2).repeat(rows, 1, 1)
-    pairs = links.view(rows, -1, 2, 2)
-    pairs[:, :, 0, 1] = pairs[:, :, 1, 1]  # left point's next: the right one
-    pairs[:, :, 1, 0] = pairs[:, :, 0, 0]  # right point's previous: the left one
-    links = links.view(rows, 2 * points)
+    nxt = last.clone()
+    cap = max(_MIN_CHUNK_BLOCKS, points // _CHUNK_POINTS_PER_BLOCK)
     for level in range(2, levels + 1):
         h = 1 << (level - 1)
-        a, c = _bridges(s, last, links, h)
-        # drop the points strictly between the bridge ends; link a* <-> c*
-        k = index.view(-1, 2 * h)
-        inside = (k > a.unsqueeze(-1)) & (k < c.unsqueeze(-1))
-        last = torch.where(inside, a.to(itype).unsqueeze(-1), last.view(rows, -1, 2 * h))
-        last = last.view(rows, points)
-        links.scatter_(1, 2 * a + 1, c.to(itype))
-        links.scatter_(1, 2 * c, a.to(itype))
-    nxt = links.view(rows, points, 2)[..., 1]
-    # element i spans points i..i+1: its edge starts at last[i] and ends at next(last[i])
-    left = last[:, :n].long()
-    right = nxt.gather(1, left)
-    return edge_slopes(s, left, right, shift).to(y.dtype)
+        blocks = points // (2 * h)
+        parts = [_bridges(s, last, nxt, h, b, min(cap, blocks - b)) for b in range(0, blocks, cap)]
+        a = torch.cat([p[0] for p in parts], dim=1) if len(parts) > 1 else parts[0][0]
+        c = torch.cat([p[1] for p in parts], dim=1) if len(parts) > 1 else parts[0][1]
+        # drop the points strictly between the bridge ends: their neighbours become a*, c*
+        k = index.view(blocks, 2 * h)
+        a, c = a.unsqueeze(-1), c.unsqueeze(-1)
+        inside = (k > a) & (k < c)
+        last = torch.where(inside, a, last.view(rows, blocks, 2 * h)).view(rows, points)
+        nxt = torch.where(inside, c, nxt.view(rows, blocks, 2 * h)).view(rows, points)
+    # element i spans points i..i+1: the edge from its last vertex to the next one
+    return edge_slopes(s, last[:, :n], nxt[:, 1 : n + 1], shift, y.dtype)

@@ -87,5 +87,6 @@ def isotonic_search(y: torch.Tensor) -> torch.Tensor:
         j = torch.where((lo < h) & (j > first + h), j, u)  # no merge: empty interval
         k = index[1:].view(nb, 2 * h)
         inside = (k > u.unsqueeze(-1)) & (k < j.unsqueeze(-1))
-        vertex[:, 1:].view(rows, nb, 2 * h).masked_fill_(inside, False)
-    return slopes(s, vertex, n, shift).to(y.dtype)
+        ends = vertex[:, 1:].view(rows, nb, 2 * h) & ~inside
+        vertex = torch.cat([vertex[:, :1], ends.view(rows, m)], dim=1)
+    return slopes(s, vertex, n, shift, y.dtype)

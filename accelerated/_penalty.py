@@ -38,7 +38,7 @@ def penalty(w: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     if val.should_validate(w):
         val.check_values([w], [], ["w"])
     rows = _rows(w, dim)
-    b, d = rows.shape
+    d = rows.shape[1]
     xs = torch.sort(rows, dim=1).values
     coef = _tie_averaged(xs.detach(), _ramp(d, w.device))
     value = (xs.to(torch.float64) * coef).sum(dim=1).to(w.dtype)
@@ -51,7 +51,9 @@ def _tie_averaged(xs: torch.Tensor, ramp: torch.Tensor) -> torch.Tensor:
     if b * d == 0:
         return ramp.expand(b, d)
     new = xs[:, 1:] != xs[:, :-1]
-    labels = torch.cat([torch.zeros_like(new[:, :1], dtype=torch.int64), new.cumsum(1)], dim=1)
+    labels = torch.cat(
+        [torch.zeros((b, 1), dtype=torch.int64, device=new.device), new.cumsum(1)], dim=1
+    )
     ids = (labels + torch.arange(b, device=xs.device)[:, None] * d).reshape(-1)
     flat = ramp.expand(b, d).reshape(-1)
     sums = torch.zeros_like(flat).scatter_add(0, ids, flat)

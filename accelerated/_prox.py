@@ -106,12 +106,12 @@ def _forward_rows(
     rows: torch.Tensor, lam: float | torch.Tensor, method: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Prox of each row: (output rows, sort permutation, sorted float64 prox values)."""
-    b, d = rows.shape
+    d = rows.shape[1]
     if method == "pava":
         return _forward_rows_host(rows, lam)
     xs, perm = torch.sort(rows, dim=1)
     z = xs.to(torch.float64)
-    if d > 1:
+    if d > 1 and (isinstance(lam, torch.Tensor) or lam != 0.0):
         z = z - lam * _ramp(d, rows.device)
         z = kernel(method)(z.contiguous())
     out = torch.zeros_like(rows).scatter(1, perm, z.to(rows.dtype))
@@ -179,7 +179,12 @@ class _Prox(torch.autograd.Function):
         g_rows = _rows(grad, ctx.dim)
         b, d = g_rows.shape
         if b * d == 0:
-            return torch.zeros_like(grad), None if lam_t is None else torch.zeros_like(lam_t), None, None
+            return (
+                torch.zeros_like(grad),
+                None if lam_t is None else torch.zeros_like(lam_t),
+                None,
+                None,
+            )
         avg = _block_average(g_rows.gather(1, perm).to(torch.float64), zs, lam_t, ctx.lam_is_zero)
         grad_rows = torch.zeros_like(g_rows).scatter(1, perm, avg.to(g_rows.dtype))
         grad_v = _unrows(grad_rows, ctx.shape, ctx.dim)
@@ -202,7 +207,9 @@ def _block_average(
         new = torch.ones_like(new)
     elif lam_t is not None:
         new = new | (lam_t == 0)
-    labels = torch.cat([torch.zeros_like(new[:, :1], dtype=torch.int64), new.cumsum(1)], dim=1)
+    labels = torch.cat(
+        [torch.zeros((b, 1), dtype=torch.int64, device=new.device), new.cumsum(1)], dim=1
+    )
     ids = (labels + torch.arange(b, device=labels.device)[:, None] * d).reshape(-1)
     flat = g_sorted.reshape(-1)
     sums = torch.zeros_like(flat).scatter_add(0, ids, flat)
@@ -364,7 +371,10 @@ def _prox_many_unchecked(
         for t, lam in zip(tensors, lams, strict=True)
     )
     if needs_grad:
-        return [_prox_unchecked(t, lam, d, method) for t, lam, d in zip(tensors, lams, dims, strict=True)]
+        return [
+            _prox_unchecked(t, lam, d, method)
+            for t, lam, d in zip(tensors, lams, dims, strict=True)
+        ]
     methods = [resolve_method(method, t) for t in tensors]
     results: list[torch.Tensor | None] = [None] * len(tensors)
     rows = [_rows(t.detach(), d) for t, d in zip(tensors, dims, strict=True)]
@@ -464,13 +474,17 @@ def clusters(w: torch.Tensor, dim: int | None = None) -> torch.Tensor:
         return torch.zeros(w.shape, dtype=torch.int64, device=w.device)
     xs, perm = torch.sort(rows, dim=1)
     new = xs[:, 1:] != xs[:, :-1]
-    labels = torch.cat([torch.zeros_like(new[:, :1], dtype=torch.int64), new.cumsum(1)], dim=1)
+    labels = torch.cat(
+        [torch.zeros((b, 1), dtype=torch.int64, device=new.device), new.cumsum(1)], dim=1
+    )
     out = torch.zeros_like(labels).scatter(1, perm, labels)
     return _unrows(out, w.shape, dim).contiguous()
 
 
 def soft_threshold(w: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
-    r"""Elementwise soft-thresholding $\operatorname{sign}(w)\max(|w|-t, 0)$ (prox of $t\|\cdot\|_1$).
+    r"""Elementwise soft-thresholding $\operatorname{sign}(w)\max(|w|-t, 0)$.
+
+    It is the prox of $t\|\cdot\|_1$.
 
     Args:
         w: a real floating tensor without NaN/inf.

@@ -6,11 +6,13 @@ values-only sort of packed 64-bit keys: the order-preserving bit pattern of the 
 bits and the element's index in the low bits. float32 keys fit whole (exact). float64 keys lose
 their lowest ⌈log₂ d⌉ bits; entries whose truncated keys tie may come out of order, and those
 rare runs are re-sorted exactly afterwards. Batches are spread over a thread pool by rows (NumPy
-and SciPy release the GIL in their kernels); a long vector is split by a one-level sample sort.
+and SciPy release the GIL in their kernels); a long vector is split by a one-level sample sort
+when the machine has an idle core.
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 
 import numpy as np
@@ -21,6 +23,19 @@ from ._isotonic import parallel_rows, pava_row_, pool, threads
 SPLIT_MIN = 1 << 18
 
 _SIGN64 = np.uint64(1 << 63)
+
+
+def _idle_cores() -> float:
+    """Cores the pool's extra threads would find idle (by the 1-minute load average).
+
+    Splitting a vector costs a few extra passes, which only pay off when the threads get cores;
+    the result is bit-identical either way (ties are ordered by index on both paths).
+    """
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # pragma: no cover - not available on this platform
+        load = 0.0
+    return threads() - 1 - load
 
 
 @lru_cache(maxsize=8)
@@ -35,7 +50,7 @@ def ramp(d: int) -> np.ndarray:
 
 
 def _keys_(x: np.ndarray, keys: np.ndarray) -> int:
-    """Write packed sort keys of the 1-D float array ``x`` into uint64 ``keys``; return index bits."""
+    """Write packed sort keys of the 1-D float ``x`` into uint64 ``keys``; return the index bits."""
     n = x.shape[0]
     bits = max(1, (n - 1).bit_length())
     if x.dtype == np.float32:
@@ -78,15 +93,36 @@ def sort_with_index_(x: np.ndarray, perm: np.ndarray, values: np.ndarray) -> Non
             _resort_runs_(bad, bits, perm, values)
 
 
+def _truncated(values: np.ndarray, bits: int) -> np.ndarray:
+    keys = np.empty(values.shape[0], dtype=np.uint64)
+    _keys_(values, keys)
+    return keys >> np.uint64(bits)
+
+
 def _resort_runs_(bad: np.ndarray, bits: int, perm: np.ndarray, values: np.ndarray) -> None:
-    """Re-sort exactly the runs of equal truncated keys that contain an inversion."""
-    high = np.empty(values.shape[0], dtype=np.uint64)
-    _keys_(values, high)
-    run = np.concatenate([[0], np.cumsum(high[1:] != high[:-1])])
-    sel = np.flatnonzero(np.isin(run, np.unique(run[bad])))
-    order = np.lexsort((values[sel], run[sel]))
-    perm[sel] = perm[sel][order]
-    values[sel] = values[sel][order]
+    """Re-sort exactly the runs of equal truncated keys that contain an inversion.
+
+    The truncated keys of the sorted ``values`` are non-decreasing, so each run is found by
+    widening a window around its inversion until the key changes on both sides.
+    """
+    n = values.shape[0]
+    done = -1
+    for p in bad.tolist():
+        if p <= done:
+            continue
+        key = _truncated(values[p : p + 1], bits)[0]
+        lo, hi, width = p, p + 2, 16
+        while True:
+            a, b = max(0, lo - width), min(n, hi + width)
+            same = np.flatnonzero(_truncated(values[a:b], bits) == key) + a
+            lo, hi = int(same[0]), int(same[-1]) + 1
+            if (lo > a or a == 0) and (hi < b or b == n):
+                break
+            width *= 4
+        order = np.argsort(values[lo:hi], kind="stable")
+        perm[lo:hi] = perm[lo:hi][order]
+        values[lo:hi] = values[lo:hi][order]
+        done = hi - 1
 
 
 def prox_rows(
@@ -104,7 +140,7 @@ def prox_rows(
     rows, d = x.shape
     if rows == 0 or d == 0:
         return
-    if rows == 1 and d >= SPLIT_MIN and threads() > 1:
+    if rows == 1 and d >= SPLIT_MIN and _idle_cores() >= 1:
         _prox_long(x[0], float(lam[0]), out[0], perm[0], zs[0])
         return
     c = ramp(d)

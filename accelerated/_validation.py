@@ -26,7 +26,7 @@ def check_float(t: torch.Tensor, name: str) -> None:
 
 
 def normalize_dim(t: torch.Tensor, dim: int | None) -> int | None:
-    """Return ``dim`` as a non-negative index into ``t`` (None stays None); IndexError if out of range."""
+    """``dim`` as a non-negative index into ``t`` (None stays None); IndexError if out of range."""
     if dim is None:
         return None
     if isinstance(dim, bool) or not isinstance(dim, int):

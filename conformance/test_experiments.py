@@ -61,7 +61,8 @@ def test_every_experiment_writes_summary_table_and_figures(smoke_runs, name: str
 @pytest.mark.req("EXP-10")
 def test_shuffled_pixels_summary_schema(smoke_runs) -> None:
     summary, _ = smoke_runs["shuffled-pixels"]
-    for model in ("fc", "fc_wsr", "cnn"):
+    assert set(summary["models"]) == {"fc", "fc_wsr", "fc_l1", "cnn"}
+    for model in ("fc", "fc_wsr", "fc_l1", "cnn"):
         entry = summary["models"][model]
         for setting in ("original", "shuffled"):
             _acc(entry[setting])
@@ -73,6 +74,8 @@ def test_shuffled_pixels_summary_schema(smoke_runs) -> None:
     assert summary["models"]["cnn"]["conv_likeness"] == pytest.approx(1.0)
     assert summary["models"]["fc_wsr"]["original"]["lam"] > 0
     assert summary["models"]["fc"]["original"]["lam"] == 0
+    sweep = {(t["model"], t["strength"]) for t in summary["tuning"] if t["setting"] == "original"}
+    assert ("fc_wsr", summary["config"]["lam_grid"][0]) in sweep
 
 
 @pytest.mark.req("EXP-11")

@@ -8,7 +8,7 @@ import json
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,11 +110,8 @@ def write_results(ctx: Context, summary: dict[str, Any], table: str) -> list[Pat
     return sorted(ctx.out_dir.iterdir())
 
 
-def progress(iterable: Sequence[Any], ctx: Context, desc: str) -> Any:
+def progress(iterable: Iterable[Any], ctx: Context, desc: str) -> Any:
     """A tqdm bar over ``iterable`` (silent when ``ctx.progress`` is off)."""
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, disable=not ctx.progress, leave=False, dynamic_ncols=True)
-
-
-Task = Callable[[], dict[str, Any]]

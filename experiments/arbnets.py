@@ -65,6 +65,8 @@ def _variants(cfg: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     out = [("uniform", "uniform", {}), ("uniform+sign", "uniform", {"signed": True})]
     out += [(f"dirichlet α={a:g}", "dirichlet", {"alpha": a}) for a in cfg["alphas"]]
     out += [(f"neighborhood r={r}", "neighborhood", {"radius": r}) for r in cfg["radii"]]
+    # r = 0 with K + 1 buckets: the base table i mod K without duplicated rows (see the page)
+    out.append(("neighborhood r=0, K+1", "neighborhood", {"radius": 0, "extra_bucket": 1}))
     return out
 
 
@@ -88,10 +90,11 @@ def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
 
     def hashed(hash_name: str, extra: dict[str, Any], seed: int) -> MLP:
         kw = {"signed": False, **extra}
+        plus = kw.pop("extra_bucket", 0)
 
         def layer(i: int, n_in: int, n_out: int) -> torch.nn.Module:
             return wsnn.HashedLinear(
-                n_in, n_out, buckets[i], hash=hash_name, seed=1000 * seed + i, **kw
+                n_in, n_out, buckets[i] + plus, hash=hash_name, seed=1000 * seed + i, **kw
             )
 
         return MLP(sizes[0], cfg["hidden"], split.num_classes, linear=layer)
@@ -175,13 +178,18 @@ def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
     ) + (
         f"\nMLP {'-'.join(map(str, sizes))}, compression {cfg['compression']:g} "
         f"(buckets per layer {buckets}), lr {lr:g}; mean ± std over {ctx.seeds} seed(s). "
-        f"Spearman(entropy, accuracy) over uniform + Dirichlet: "
-        f"{summary['claims']['balance_spearman']}; accuracy(r=0) - accuracy(r={cfg['radii'][-1]})"
+        f"Spearman(entropy, accuracy) over uniform + Dirichlet: {_num(summary['claims'])}; "
+        f"accuracy(r=0) - accuracy(r={cfg['radii'][-1]})"
         f" = {100 * summary['claims']['determinism_gap']:.2f} points.\n"
     )
     figures = _figures(ctx, variants, cfg, balance, radii)
     write_results(ctx, summary, table)
     return summary, table, figures
+
+
+def _num(claims: dict[str, Any]) -> str:
+    rho = claims["balance_spearman"]
+    return "n/a" if rho is None else f"{rho:.2f}"
 
 
 def _figures(ctx, variants, cfg, balance, radii) -> list:

@@ -242,4 +242,5 @@ def _figure(ctx, cfg, dwf, pruned):
         "compression ratio (CR)",
         "test accuracy",
         logx=True,
+        connect=False,
     )

@@ -27,6 +27,7 @@ def unit_grid(
     image_shape: tuple[int, int, int],
     path: Path,
     units: int = 16,
+    per_row: int = 5,
 ) -> Path:
     """One panel per entry: the first ``units`` rows of a first-layer matrix shown as images.
 
@@ -36,8 +37,12 @@ def unit_grid(
     c, h, w = image_shape
     cols = int(np.ceil(np.sqrt(units)))
     rows = int(np.ceil(units / cols))
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels), 2.4), squeeze=False)
-    for ax, (title, weight) in zip(axes[0], panels.items(), strict=True):
+    ncols = min(len(panels), per_row)
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.axis("off")
+    for ax, (title, weight) in zip(axes.flat, panels.items(), strict=False):
         imgs = weight.detach().cpu().double().reshape(-1, c, h, w).mean(1)[:units].numpy()
         canvas = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1), np.nan)
         for k, img in enumerate(imgs):
@@ -81,13 +86,24 @@ def lines(
     xlabel: str,
     ylabel: str,
     logx: bool = False,
-    markers: bool = True,
+    connect: bool = True,
 ) -> Path:
-    """Lines (or scatter when ``markers``): ``series[name] = (x, y, yerr or None)``."""
+    """Points joined in x order (unjoined unless ``connect``): ``series[name] = (x, y, yerr)``."""
     fig, ax = plt.subplots(figsize=(4.6, 3.0))
     for name, (xs, ys, err) in series.items():
+        order = np.argsort(np.asarray(xs, dtype=float), kind="stable")
+        xs, ys = [xs[i] for i in order], [ys[i] for i in order]
+        err = None if err is None else [err[i] for i in order]
         ax.errorbar(
-            xs, ys, yerr=err, marker="o" if markers else None, ms=3, lw=1, capsize=2, label=name
+            xs,
+            ys,
+            yerr=err,
+            marker="o",
+            ms=3,
+            lw=1,
+            ls="-" if connect else "none",
+            capsize=2,
+            label=name,
         )
     if logx:
         ax.set_xscale("log")

@@ -191,6 +191,7 @@ def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
         "free parameters",
         "test accuracy",
         logx=True,
+        connect=False,
     )
     write_results(ctx, summary, table)
     return summary, table, [fig]

@@ -146,9 +146,7 @@ def prox(v: ArrayLike, lam: float) -> NDArray[np.float64]:
     diffs[np.arange(i.size), i] = 1.0
     diffs[np.arange(i.size), j] = -1.0
     u = cp.Variable(d)
-    objective = 0.5 * cp.sum_squares(u - x / scale) + (lam / scale / (d - 1)) * cp.norm1(
-        diffs @ u
-    )
+    objective = 0.5 * cp.sum_squares(u - x / scale) + (lam / scale / (d - 1)) * cp.norm1(diffs @ u)
     _solve(cp.Problem(cp.Minimize(objective)), "prox")
     return np.asarray(u.value, dtype=np.float64) * scale
 
@@ -171,6 +169,8 @@ def prox_pava(v: ArrayLike, lam: float) -> NDArray[np.float64]:
     """
     x = as_vector(v, "v")
     lam = _as_lam(lam)
+    if lam == 0.0:
+        return x
     order = np.argsort(x, kind="stable")
     z = x[order] - lam * ramp(x.size)
     out = np.empty_like(x)
@@ -252,7 +252,9 @@ def clusters(w: ArrayLike) -> NDArray[np.int64]:
 
 
 def soft_threshold(w: ArrayLike, t: float) -> NDArray[np.float64]:
-    r"""Elementwise soft-thresholding $\operatorname{sign}(w)\max(|w| - t, 0)$, the prox of $t\|\cdot\|_1$.
+    r"""Elementwise soft-thresholding $\operatorname{sign}(w)\max(|w| - t, 0)$.
+
+    It is the prox of $t\|\cdot\|_1$.
 
     Args:
         w: a 1-D float array.

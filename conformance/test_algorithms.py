@@ -1,0 +1,265 @@
+"""Conformance of the parallel isotonic kernels (spec: algorithms.md, ids ALG-n).
+
+Every kernel is checked against the textbook PAVA of the reference on the same NumPy data; the
+depth tests count dispatched aten ops and host syncs with ``conformance.benchmarks.depth``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conformance.benchmarks import depth
+from conformance.strategies import KINDS, vectors
+from weightshare import _isotonic
+from weightshare.reference import pava
+
+KERNELS = ("rounds", "search", "hull")
+SYNC_FREE = ("search", "hull")
+#: op budgets C in ops <= C * log2(d)^2 (fitted on the measured table, with headroom)
+OP_BUDGET = {"search": 20.0, "hull": 60.0}
+
+
+def _prox_api():  # type: ignore[no-untyped-def]
+    try:
+        from weightshare._prox import _prox_unchecked, prox
+    except ImportError:
+        pytest.skip("weightshare._prox (the prox engineer's API) does not exist yet")
+    return prox, _prox_unchecked
+
+
+def chain_y(d: int, lam: float) -> np.ndarray:
+    """The isotonic input of the chain family: sorted chain weights minus the ramp."""
+    return depth.chain_rows(d, lam)[0]
+
+
+@st.composite
+def rows(draw: st.DrawFn, max_rows: int = 4, max_size: int = 40) -> np.ndarray:
+    """A (B, n) float64 array, n >= 1, every row of one named kind (plus the chain's y)."""
+    b = draw(st.integers(1, max_rows))
+    n = draw(st.integers(1, max_size))
+    kind = draw(st.sampled_from((*KINDS, "chain_y")))
+    if kind == "chain_y":
+        lam = draw(st.sampled_from([0.1, 1.0, 5.0]))
+        return np.stack([chain_y(n, lam)] * b)
+    return np.stack([draw(vectors(min_size=n, max_size=n, kind=kind)) for _ in range(b)])
+
+
+def expected(y: np.ndarray) -> np.ndarray:
+    return np.stack([pava(r) for r in y])
+
+
+def check(method: str, y: np.ndarray, dtype: torch.dtype, device: str) -> None:
+    x = torch.from_numpy(y).to(dtype=dtype, device=device)
+    out = _isotonic.kernel(method)(x)
+    assert out.shape == x.shape and out.dtype == dtype and out.device == x.device
+    # the reference sees the values the kernel saw (float32 rounding included)
+    want = expected(x.double().cpu().numpy())
+    scale = max(1.0, float(np.abs(want).max(initial=0.0)))
+    tol = 1e-9 if dtype == torch.float64 else 2e-6
+    np.testing.assert_allclose(out.double().cpu().numpy(), want, rtol=tol, atol=tol * scale)
+
+
+# ---------------------------------------------------------------------------------------------
+# exactness
+
+
+@pytest.mark.req("ALG-2", "ALG-4", "ALG-6", "ALG-7")
+@pytest.mark.parametrize("method", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(y=rows())
+def test_kernels_equal_pava(method: str, dtype: torch.dtype, device: str, y: np.ndarray) -> None:
+    check(method, y, dtype, device)
+
+
+@pytest.mark.req("ALG-2", "ALG-6", "ALG-7")
+@pytest.mark.parametrize("method", KERNELS)
+def test_rows_are_independent(method: str, device: str) -> None:
+    rng = np.random.default_rng(7)
+    y = np.stack([rng.normal(size=33), np.full(33, 1e6), chain_y(33, 1.0), -np.arange(33.0)])
+    x = torch.from_numpy(y).to(device)
+    fn = _isotonic.kernel(method)
+    together = fn(x)
+    for i in range(len(y)):
+        torch.testing.assert_close(fn(x[i : i + 1]), together[i : i + 1], rtol=0, atol=0)
+
+
+@pytest.mark.req("ALG-6", "ALG-7")
+@pytest.mark.parametrize("method", SYNC_FREE)
+@pytest.mark.parametrize("n", [1, 2, 3, 4096, 5000])
+def test_large_rows_match_scipy(method: str, n: int) -> None:
+    from scipy.optimize import isotonic_regression
+
+    rng = np.random.default_rng(n)
+    y = rng.normal(size=(3, n)) * 5 + np.linspace(0, 20, n)
+    y[1] = np.repeat(rng.integers(-3, 3, size=n // 4 + 1), 4)[:n]  # long runs of ties
+    want = np.stack([isotonic_regression(r).x for r in y])
+    out = _isotonic.kernel(method)(torch.from_numpy(y)).numpy()
+    np.testing.assert_allclose(out, want, rtol=1e-9, atol=1e-9 * np.abs(want).max())
+
+
+@pytest.mark.req("ALG-12")
+@pytest.mark.parametrize("method", KERNELS)
+def test_bad_input_is_rejected(method: str) -> None:
+    fn = _isotonic.kernel(method)
+    with pytest.raises(ValueError, match=r"\(5,\)"):
+        fn(torch.zeros(5))
+    with pytest.raises(ValueError, match=r"\(2, 0\)"):
+        fn(torch.zeros(2, 0))
+    with pytest.raises(TypeError, match="int64"):
+        fn(torch.zeros(2, 3, dtype=torch.int64))
+
+
+# ---------------------------------------------------------------------------------------------
+# rounds: the worst case
+
+
+@pytest.mark.req("ALG-3")
+@pytest.mark.parametrize("d", [2, 3, 16, 100, 257])
+def test_chain_forces_d_minus_1_rounds(d: int) -> None:
+    y = torch.from_numpy(chain_y(d, 1.0)).view(1, d)
+    counter = depth.count(lambda: _isotonic.kernel("rounds")(y))
+    # the loop reads two scalars per pooling round and one for the final check
+    assert counter.syncs == 2 * (d - 1) + 1
+    check("rounds", y.numpy(), torch.float64, "cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# depth: dispatched ops and host syncs
+
+
+@pytest.mark.req("ALG-8", "ALG-9", "ALG-10")
+@pytest.mark.parametrize("method", SYNC_FREE)
+def test_sync_free_and_polylog_ops(method: str) -> None:
+    counts = {}
+    for d in depth.SIZES:
+        c = depth.measure(method, d)
+        assert c.syncs == 0, (d, c.by_name)
+        assert c.ops <= OP_BUDGET[method] * math.log2(d) ** 2, (d, c.ops)
+        counts[d] = c.ops
+    # the count grows like log^2, not like d: quadrupling log d at most ~16x the ops
+    assert counts[2**20] <= 1.1 * (20 / 6) ** 2 * counts[2**6]
+
+
+@pytest.mark.req("ALG-9", "ALG-10")
+@pytest.mark.parametrize("method", SYNC_FREE)
+@pytest.mark.parametrize("d", [1, 2, 37, 2**9, 1000])
+def test_meta_count_equals_real_count(method: str, d: int) -> None:
+    """The op sequence is data-independent: the meta-device count is the real one."""
+    real = depth.measure(method, d, "cpu")
+    rng = np.random.default_rng(d)
+    other = torch.from_numpy(rng.normal(size=(1, d)))
+    fn = _isotonic.kernel(method)
+    assert depth.count(lambda: fn(other)).by_name == real.by_name
+    assert depth.measure(method, d, "meta").by_name == real.by_name
+    assert real.syncs == 0
+
+
+@pytest.mark.req("ALG-3", "ALG-8")
+def test_rounds_grow_linearly_on_chain() -> None:
+    ops = {d: depth.measure("rounds", d).ops for d in (2**6, 2**8, 2**10)}
+    assert ops[2**10] >= 0.9 * 16 * ops[2**6]
+
+
+@pytest.mark.req("ALG-11")
+def test_published_depth_table_is_current() -> None:
+    committed = depth.SNIPPET.read_text(encoding="utf-8")
+    assert committed == depth.render(depth.table_rows()), (
+        "spec/_snippets/depth.md is stale: run python -m conformance.benchmarks.depth --write"
+    )
+
+
+@pytest.mark.req("ALG-9", "ALG-10")
+@pytest.mark.parametrize("method", SYNC_FREE)
+def test_prox_pipeline_is_sync_free(method: str) -> None:
+    _prox_api()
+    for d in (2**10, 2**20):
+        c = depth.measure_prox(method, d)
+        assert c is not None and c.syncs == 0, (d, c and c.by_name)
+        # sort, ramp and unsort add a constant number of ops to the kernel's
+        assert c.ops <= depth.measure(method, d).ops + 40, (d, c.ops)
+
+
+# ---------------------------------------------------------------------------------------------
+# compile, vmap, CUDA graphs
+
+
+@pytest.mark.req("ALG-10")
+def test_hull_kernel_compiles_to_one_graph() -> None:
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    backend = CompileCounterWithBackend("aot_eager")
+    fn = torch.compile(_isotonic.kernel("hull"), backend=backend, fullgraph=True)
+    y = torch.from_numpy(np.random.default_rng(0).normal(size=(2, 50)))
+    torch.testing.assert_close(fn(y), _isotonic.kernel("hull")(y), rtol=0, atol=0)
+    assert backend.frame_count == 1
+
+
+@pytest.mark.req("ALG-10")
+# torch 2.13's dynamo itself warns when it traces any autograd.Function (not our code)
+@pytest.mark.filterwarnings(
+    "ignore:<class 'torch.autograd.function.Function'> should not be instantiated"
+    ":DeprecationWarning"
+)
+def test_prox_hull_compiles_fullgraph() -> None:
+    prox, _ = _prox_api()
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    backend = CompileCounterWithBackend("aot_eager")
+    fn = torch.compile(lambda v: prox(v, 0.5, method="hull"), backend=backend, fullgraph=True)
+    v = torch.from_numpy(np.random.default_rng(1).normal(size=64))
+    torch.testing.assert_close(fn(v), prox(v, 0.5, method="hull"), rtol=1e-12, atol=1e-12)
+    assert backend.frame_count == 1
+
+
+@pytest.mark.req("ALG-10")
+@pytest.mark.parametrize("method", SYNC_FREE)
+def test_vmap_matches_batched_call(method: str) -> None:
+    prox, _ = _prox_api()
+    v = torch.from_numpy(np.random.default_rng(2).normal(size=(5, 30)))
+    mapped = torch.func.vmap(lambda row: prox(row, 0.7, method=method))(v)
+    batched = prox(v, 0.7, dim=1, method=method)
+    torch.testing.assert_close(mapped, batched, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.req("ALG-10")
+@pytest.mark.parametrize("method", SYNC_FREE)
+def test_cuda_graph_capture(method: str, device: str) -> None:
+    if device != "cuda":
+        pytest.skip("CUDA graphs need a CUDA device")
+    fn = _isotonic.kernel(method)
+    y = torch.randn(3, 777, dtype=torch.float64, device=device)
+    want = fn(y)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn(y)  # warm-up on the side stream, as capture requires
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(y)
+    y.copy_(torch.randn_like(y))
+    want = fn(y)
+    graph.replay()
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmark bodies run (tiny sizes, nothing timed)
+
+
+@pytest.mark.req("ALG-11")
+def test_benchmark_bodies_run() -> None:
+    from conformance.benchmarks import test_bench_prox as bench
+
+    for case in bench.smoke_cases():
+        out = case.run()
+        assert out is not None, case.name

@@ -49,10 +49,10 @@ def prefix_sums(y: torch.Tensor, elements: int) -> tuple[torch.Tensor, torch.Ten
     parts = [z.new_zeros(rows, 1), z]
     if elements > n:
         parts.append(z.amax(dim=1, keepdim=True).expand(rows, elements - n))
-    # no writes into tensors created here from y (torch.func.vmap could not batch them)
+    # out of place only: torch.func.vmap has no batching rule for in-place scans
     s = torch.cat(parts, dim=1)
     del parts, z
-    s = s.cumsum_(dim=1)
+    s = s.cumsum(dim=1)
     return s, shift
 
 
@@ -73,7 +73,11 @@ _CHUNKED_FROM = 1 << 20
 
 
 def edge_slopes(
-    s: torch.Tensor, left: torch.Tensor, right: torch.Tensor, shift: torch.Tensor, dtype: torch.dtype
+    s: torch.Tensor,
+    left: torch.Tensor,
+    right: torch.Tensor,
+    shift: torch.Tensor,
+    dtype: torch.dtype,
 ) -> torch.Tensor:
     """Each element's value: the slope of the hull edge ``[left, right]`` that spans it, plus shift.
 
@@ -110,8 +114,8 @@ def slopes(
         dtype: the result's dtype.
 
     Returns:
-        ``(B, n)`` values of ``dtype``: element ``i`` (between points ``i`` and ``i + 1``) gets the slope of the
-        hull edge that spans it.
+        ``(B, n)`` values of ``dtype``: element ``i`` (between points ``i`` and ``i + 1``) gets
+        the slope of the hull edge that spans it.
     """
     index = torch.arange(s.shape[1], device=s.device)
     left = previous_vertex(vertex[:, :n], index[:n])

@@ -32,7 +32,6 @@ import torch
 
 from ._isotonic_common import ceil_log2, check_rows, edge_slopes, prefix_sums
 
-
 #: at most this many bytes of bridge-search temporaries per point: low levels, which have many
 #: small blocks, search their bridges in a few chunks of blocks (a constant number of extra ops)
 _CHUNK_POINTS_PER_BLOCK = 64
@@ -78,7 +77,8 @@ def _bridges(
         dx = dx - dx[..., :1]  # relative to a
         dy = dy - dy[..., :1]
         below = dx[..., 3:4] * dy < dy[..., 3:4] * dx  # strictly below the line a-c
-        a_left, a_right, c_left, c_right = below[..., 1], below[..., 2], below[..., 4], below[..., 5]
+        a_left, a_right = below[..., 1], below[..., 2]
+        c_left, c_right = below[..., 4], below[..., 5]
         # ambiguous case (a+ and c- below): compare the lines through (a, a+) and (c-, c) at the
         # separator; if the right one is not lower there, a* > a, else c* < c
         to_gap = gap - probe[..., 0]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ._isotonic_common import ceil_log2, check_rows, previous_vertex, prefix_sums, slopes
+from ._isotonic_common import ceil_log2, check_rows, prefix_sums, previous_vertex, slopes
 
 
 def _first_end(
@@ -44,7 +44,7 @@ def _first_end(
     rows, nb = start.shape
     ends_s = s[:, 1:].view(rows, nb, block)
     ends_v = vertex[:, 1:].view(rows, nb, block)
-    k = torch.arange(1, nb * block + 1, device=s.device).view(nb, block)
+    k = torch.arange(1, nb * block + 1, device=s.device, dtype=start.dtype).view(nb, block)
     u = start.unsqueeze(-1)
     mean = (ends_s - s.gather(1, start).unsqueeze(-1)).div_(k - u)
     mean.masked_fill_(~(ends_v & (k > u)), float("inf"))
@@ -67,7 +67,8 @@ def isotonic_search(y: torch.Tensor) -> torch.Tensor:
     m = 1 << levels
     s, shift = prefix_sums(y, m)
     vertex = torch.ones(rows, m + 1, dtype=torch.bool, device=y.device)
-    index = torch.arange(m + 1, device=y.device)
+    itype = torch.int32 if m < 2**30 else torch.int64  # point indices (halves the scans' bytes)
+    index = torch.arange(m + 1, device=y.device, dtype=itype)
     for level in range(1, levels + 1):
         h = 1 << (level - 1)
         nb = m // (2 * h)

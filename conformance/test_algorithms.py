@@ -13,11 +13,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from weightshare import _isotonic
+from weightshare.reference import pava
 
 from conformance.benchmarks import depth
 from conformance.strategies import KINDS, vectors
-from weightshare import _isotonic
-from weightshare.reference import pava
 
 KERNELS = ("rounds", "search", "hull")
 SYNC_FREE = ("search", "hull")
@@ -69,16 +69,18 @@ def check(method: str, y: np.ndarray, dtype: torch.dtype, device: str) -> None:
 # exactness
 
 
-@pytest.mark.req("ALG-2", "ALG-4", "ALG-6", "ALG-7")
+@pytest.mark.req("ALG-1", "ALG-2", "ALG-4", "ALG-5")
 @pytest.mark.parametrize("method", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(y=rows())
 def test_kernels_equal_pava(method: str, dtype: torch.dtype, device: str, y: np.ndarray) -> None:
     check(method, y, dtype, device)
 
 
-@pytest.mark.req("ALG-2", "ALG-6", "ALG-7")
+@pytest.mark.req("ALG-6")
 @pytest.mark.parametrize("method", KERNELS)
 def test_rows_are_independent(method: str, device: str) -> None:
     rng = np.random.default_rng(7)
@@ -90,7 +92,7 @@ def test_rows_are_independent(method: str, device: str) -> None:
         torch.testing.assert_close(fn(x[i : i + 1]), together[i : i + 1], rtol=0, atol=0)
 
 
-@pytest.mark.req("ALG-6", "ALG-7")
+@pytest.mark.req("ALG-2", "ALG-7")
 @pytest.mark.parametrize("method", SYNC_FREE)
 @pytest.mark.parametrize("n", [1, 2, 3, 4096, 5000])
 def test_large_rows_match_scipy(method: str, n: int) -> None:
@@ -134,7 +136,7 @@ def test_chain_forces_d_minus_1_rounds(d: int) -> None:
 # depth: dispatched ops and host syncs
 
 
-@pytest.mark.req("ALG-8", "ALG-9", "ALG-10")
+@pytest.mark.req("ALG-4", "ALG-5", "ALG-9")
 @pytest.mark.parametrize("method", SYNC_FREE)
 def test_sync_free_and_polylog_ops(method: str) -> None:
     counts = {}
@@ -147,7 +149,7 @@ def test_sync_free_and_polylog_ops(method: str) -> None:
     assert counts[2**20] <= 1.1 * (20 / 6) ** 2 * counts[2**6]
 
 
-@pytest.mark.req("ALG-9", "ALG-10")
+@pytest.mark.req("ALG-8", "ALG-9")
 @pytest.mark.parametrize("method", SYNC_FREE)
 @pytest.mark.parametrize("d", [1, 2, 37, 2**9, 1000])
 def test_meta_count_equals_real_count(method: str, d: int) -> None:
@@ -175,7 +177,7 @@ def test_published_depth_table_is_current() -> None:
     )
 
 
-@pytest.mark.req("ALG-9", "ALG-10")
+@pytest.mark.req("ALG-9")
 @pytest.mark.parametrize("method", SYNC_FREE)
 def test_prox_pipeline_is_sync_free(method: str) -> None:
     _prox_api()

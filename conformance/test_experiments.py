@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import pickle
 import struct
 from pathlib import Path
 
@@ -139,6 +140,13 @@ def test_digits_split_is_fixed_stratified_and_disjoint() -> None:
     tr, va, te = data._stratified_split(np.sort(y), (0.6, 0.2), 0)
     assert len(np.unique(np.concatenate([tr, va, te]))) == len(tr) + len(va) + len(te) == 1797
     assert a.x_train.mean().abs() < 1e-5 and (a.x_train.std() - 1).abs() < 1e-3
+    torus = data.load("digits-torus", None)
+    torch.testing.assert_close(torus.y_test, a.y_test)
+    # every torus image is a circular shift of its digits image: same multiset of pixels
+    torch.testing.assert_close(
+        torus.x_test.flatten(1).sort(1).values, a.x_test.flatten(1).sort(1).values
+    )
+    assert not torch.equal(torus.x_test, a.x_test)
 
 
 def _write_idx(path: Path, arr: np.ndarray, gz: bool = False) -> None:
@@ -263,3 +271,32 @@ def test_factorization_summary_schema(smoke_runs) -> None:
     for run in summary["pruning_runs"]:
         assert run["cr"] == pytest.approx(run["target"], rel=0.01)
     assert "magnitude pruning" in summary["matched"]
+
+
+def _fake_cifar(folder: Path, per_batch: int = 20) -> None:
+    rng = np.random.default_rng(0)
+    root = folder / data.CIFAR_DIR
+    root.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        batch = {
+            b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            b"labels": [int(v) for v in np.arange(per_batch) % 10],
+        }
+        (root / name).write_bytes(pickle.dumps(batch))
+
+
+@pytest.mark.req("EXP-4")
+def test_cifar10_official_models_run_on_local_pickles(tmp_path: Path) -> None:
+    _fake_cifar(tmp_path)
+    split = data.load("cifar10", tmp_path)
+    assert split.image_shape == (3, 32, 32)
+    assert split.sizes == {"train": 90, "val": 10, "test": 20}
+    summary = _smoke(
+        "shuffled-pixels", tmp_path / "out", "--dataset", "cifar10", "--data-dir", str(tmp_path)
+    )
+    assert summary["config"]["window"] == 9
+    # S-Conv's 9x9 stride-2 conv, as a 3072 -> 16*16*ch matrix, is local at the 9x9 scale
+    assert summary["models"]["cnn"]["conv_likeness"] == pytest.approx(1.0)
+    for model in ("fc", "fc_wsr", "fc_l1", "cnn"):
+        _acc(summary["models"][model]["shuffled"])

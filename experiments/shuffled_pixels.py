@@ -1,9 +1,10 @@
-"""WSR headline: an FC net with the weight-sharing prox vs an FC net vs a CNN, on original and
-pixel-shuffled images, with a quantitative conv-likeness score of the first layer.
+"""WSR headline: an FC net with the weight-sharing prox (``fc_wsr``) vs the plain FC net (``fc``),
+an l1-prox control (``fc_l1``) and a CNN, on original and pixel-shuffled images, with a
+quantitative conv-likeness score of the first layer.
 
 Data sets: ``digits`` (default; ``fc`` = MLP 64-256-10, ``cnn`` = its twin with a 3x3 conv of 4
-channels as first layer), ``mnist-torus`` (the official ``Net_2FC`` vs ``Net_2CNN`` on 14x14
-circularly shifted MNIST) and ``cifar10`` (Neyshabur's S-FC vs S-Conv).
+channels as first layer), ``digits-torus`` and ``mnist-torus`` (the official ``Net_2FC`` vs
+``Net_2CNN`` on circularly shifted images) and ``cifar10`` (Neyshabur's S-FC vs S-Conv).
 """
 
 from __future__ import annotations
@@ -69,7 +70,6 @@ OFFICIAL: dict[str, dict[str, dict[str, Any]]] = {
     "digits-torus": {
         "full": {
             **_TORUS,
-            "seeds": 3,
             "epochs": 30,
             "batch_size": 32,
             "momentum": 0.0,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import math
 import os
 import random
 import time
@@ -99,12 +100,23 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def strict_json(value: Any) -> Any:
+    """``value`` with every NaN/inf float replaced by None, so it is valid (strict) JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
+
+
 def write_results(ctx: Context, summary: dict[str, Any], table: str) -> list[Path]:
-    """Write ``summary.json`` and ``table.md``; return every file in the output directory."""
+    """Write ``summary.json`` (strict JSON: NaN/inf become null) and ``table.md``."""
     ctx.out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {**summary, "runtime_s": round(ctx.elapsed(), 1)}
+    summary = strict_json({**summary, "runtime_s": round(ctx.elapsed(), 1)})
     (ctx.out_dir / "summary.json").write_text(
-        json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        json.dumps(summary, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8"
     )
     (ctx.out_dir / "table.md").write_text(table, encoding="utf-8")
     return sorted(ctx.out_dir.iterdir())

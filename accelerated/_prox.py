@@ -130,7 +130,8 @@ def _forward_rows_host(
     x = x.contiguous()
     out_dtype = dtype if dtype in _HOST_DTYPES else torch.float64
     out = torch.empty((b, d), dtype=out_dtype)
-    perm = torch.empty((b, d), dtype=torch.int64)
+    # int32 indices where they fit: the permutation is the largest buffer after the values
+    perm = torch.empty((b, d), dtype=torch.int32 if d < 2**31 else torch.int64)
     zs = torch.empty((b, d), dtype=torch.float64)
     if isinstance(lam, torch.Tensor):
         lam_np = lam.detach().reshape(b).cpu().numpy()
@@ -176,6 +177,7 @@ class _Prox(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad, _grad_perm, _grad_zs):  # type: ignore[no-untyped-def,override]
         perm, zs, lam_t = ctx.saved_tensors
+        perm = perm.long()  # the host path keeps int32 indices
         g_rows = _rows(grad, ctx.dim)
         b, d = g_rows.shape
         if b * d == 0:

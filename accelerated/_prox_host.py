@@ -13,7 +13,6 @@ when the machine has an idle core.
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 
 import numpy as np
 
@@ -38,55 +37,65 @@ def _idle_cores() -> float:
     return threads() - 1 - load
 
 
-@lru_cache(maxsize=8)
-def ramp(d: int) -> np.ndarray:
-    r"""The coefficients $(2k-d-1)/(d-1)$, $k = 1..d$, in float64 (zeros for d < 2); read-only."""
-    if d < 2:
-        out = np.zeros(d)
-    else:
-        out = (2.0 * np.arange(d, dtype=np.float64) - (d - 1)) / (d - 1)
-    out.flags.writeable = False
-    return out
+#: Elements per chunk of the streaming passes (keeps their temporaries small).
+_CHUNK = 1 << 16
 
 
-def _keys_(x: np.ndarray, keys: np.ndarray) -> int:
-    """Write packed sort keys of the 1-D float ``x`` into uint64 ``keys``; return the index bits."""
-    n = x.shape[0]
-    bits = max(1, (n - 1).bit_length())
+def subtract_ramp_(z: np.ndarray, lam: float) -> None:
+    r"""``z -= lam * c`` in place with $c_k = (2k-d-1)/(d-1)$, $k = 1..d$ (nothing for d < 2)."""
+    d = z.shape[0]
+    if d < 2 or lam == 0.0:
+        return
+    for a in range(0, d, _CHUNK):
+        b = min(d, a + _CHUNK)
+        c = (2.0 * np.arange(a, b, dtype=np.float64) - (d - 1)) / (d - 1)
+        z[a:b] -= lam * c
+
+
+def _keys_(x: np.ndarray, keys: np.ndarray, bits: int) -> None:
+    """Write the order-preserving bit patterns of the float ``x`` into uint64 ``keys``, with the
+    lowest ``bits`` bits cleared (float32 patterns fill the high 32 bits)."""
     if x.dtype == np.float32:
         u = x.view(np.uint32)
         flip = ((u.view(np.int32) >> 31).view(np.uint32)) | np.uint32(1 << 31)
         np.bitwise_xor(u, flip, out=flip)
         np.left_shift(flip, 32, out=keys, dtype=np.uint64)
-        return 32
+        return
     u = x.view(np.uint64)
     np.right_shift(u.view(np.int64), 63, out=keys.view(np.int64))
     np.bitwise_or(keys, _SIGN64, out=keys)
     np.bitwise_xor(keys, u, out=keys)
     np.right_shift(keys, np.uint64(bits), out=keys)
     np.left_shift(keys, np.uint64(bits), out=keys)
-    return bits
+
+
+def _index_bits(x: np.ndarray) -> int:
+    return 32 if x.dtype == np.float32 else max(1, (x.shape[0] - 1).bit_length())
 
 
 def sort_with_index_(x: np.ndarray, perm: np.ndarray, values: np.ndarray) -> None:
-    """Ascending sort of the 1-D float32/float64 ``x``: ``perm`` (int64) and ``values`` (float64).
+    """Ascending sort of the 1-D float32/float64 ``x``: ``perm`` (int32 or int64) and ``values``
+    (float64, also the scratch space of the packed keys, so the sort needs no other buffer).
 
     ``x[perm]`` is non-decreasing; tied values may come in any order.
     """
     n = x.shape[0]
-    keys = perm.view(np.uint64)
-    bits = _keys_(x, keys)
+    keys = values.view(np.uint64)
+    bits = _index_bits(x)
     if bits > 40:  # pragma: no cover - d > 2^40: too few key bits left, use a plain argsort
         perm[:] = np.argsort(x)
         values[:] = x[perm]
         return
-    np.bitwise_or(keys, np.arange(n, dtype=np.uint64), out=keys)
+    for a in range(0, n, _CHUNK):
+        b = min(n, a + _CHUNK)
+        _keys_(x[a:b], keys[a:b], bits)
+        np.bitwise_or(keys[a:b], np.arange(a, b, dtype=np.uint64), out=keys[a:b])
     keys.sort()
-    np.bitwise_and(keys, np.uint64((1 << bits) - 1), out=keys)
-    if x.dtype == np.float64:
-        np.take(x, perm, out=values)
-    else:
-        values[:] = x[perm]
+    mask = np.uint64((1 << bits) - 1)
+    for a in range(0, n, _CHUNK):  # chunk a:b of the keys is read before it is overwritten
+        b = min(n, a + _CHUNK)
+        perm[a:b] = keys[a:b] & mask
+        values[a:b] = x[perm[a:b]]
     if x.dtype == np.float64 and n > 1:
         bad = np.flatnonzero(values[1:] < values[:-1])
         if bad.size:
@@ -95,7 +104,7 @@ def sort_with_index_(x: np.ndarray, perm: np.ndarray, values: np.ndarray) -> Non
 
 def _truncated(values: np.ndarray, bits: int) -> np.ndarray:
     keys = np.empty(values.shape[0], dtype=np.uint64)
-    _keys_(values, keys)
+    _keys_(values, keys, bits)
     return keys >> np.uint64(bits)
 
 
@@ -134,7 +143,7 @@ def prox_rows(
         x: the input rows, float32 or float64.
         lam: float64 ``(B,)`` strengths.
         out: the output rows (may be ``x`` itself: every read of a row precedes its writes).
-        perm: int64 ``(B, d)``: receives the ascending sort permutation of each row.
+        perm: int32 or int64 ``(B, d)``: receives the ascending sort permutation of each row.
         zs: float64 ``(B, d)``: receives the sorted prox values (isotonic regression of z).
     """
     rows, d = x.shape
@@ -143,13 +152,12 @@ def prox_rows(
     if rows == 1 and d >= SPLIT_MIN and _idle_cores() >= 1:
         _prox_long(x[0], float(lam[0]), out[0], perm[0], zs[0])
         return
-    c = ramp(d)
 
     def work(a: int, b: int) -> None:
         for r in range(a, b):
             sort_with_index_(x[r], perm[r], zs[r])
             if d > 1 and lam[r] != 0.0:
-                zs[r] -= lam[r] * c
+                subtract_ramp_(zs[r], float(lam[r]))
                 pava_row_(zs[r])
             out[r][perm[r]] = zs[r]
 
@@ -174,12 +182,12 @@ def _prox_long(x: np.ndarray, lam: float, out: np.ndarray, perm: np.ndarray, z: 
             return
         idx = np.flatnonzero((x >= lower[j]) & (x < upper[j]))
         sort_with_index_(x[idx], perm[a:b], z[a:b])
-        np.take(idx, perm[a:b], out=perm[a:b])
+        perm[a:b] = idx[perm[a:b]]
 
     futures = [pool().submit(sort_bucket, j) for j in range(len(offsets) - 1)]
     for f in futures:
         f.result()
     if lam != 0.0:
-        z -= lam * ramp(d)
+        subtract_ramp_(z, lam)
         pava_row_(z)
     out[perm] = z

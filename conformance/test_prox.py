@@ -19,6 +19,12 @@ FLOATS = (torch.float64, torch.float32)
 with_device = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
+#: CVXPY oracles stop on a duality-gap tolerance tau, which bounds the solution error only by
+#: O(sqrt(tau)) (spec PROX-1): they are trusted to 1e-4 of the scale; exactness comes from the
+#: PAVA and particle oracles, which agree to 1e-9.
+CVXPY_ATOL = 1e-4
+
+
 def need(method: str) -> None:
     """Skip a method whose module (written by the algorithms engineer) is not there yet."""
     if method not in ("pava", "auto") and not _prox._available(method):
@@ -74,7 +80,7 @@ def perturbation_check(u: np.ndarray, v: np.ndarray, lam: float, mu: float, seed
 def test_cvxpy_definition_agrees_with_pava(v: np.ndarray, lam: float) -> None:
     got = reference.prox(v, lam)
     s = max(1.0, float(np.abs(v).max(initial=0.0)), lam)
-    np.testing.assert_allclose(got, reference.prox_pava(v, lam), rtol=0, atol=1e-5 * s)
+    np.testing.assert_allclose(got, reference.prox_pava(v, lam), rtol=0, atol=CVXPY_ATOL * s)
 
 
 @pytest.mark.req("PROX-3")
@@ -82,7 +88,9 @@ def test_cvxpy_definition_agrees_with_pava(v: np.ndarray, lam: float) -> None:
 @given(y=vectors(max_size=12))
 def test_pava_agrees_with_cvxpy_isotonic(y: np.ndarray) -> None:
     s = max(1.0, float(np.abs(y).max(initial=0.0)))
-    np.testing.assert_allclose(reference.pava(y), reference.isotonic(y), rtol=0, atol=1e-5 * s)
+    np.testing.assert_allclose(
+        reference.pava(y), reference.isotonic(y), rtol=0, atol=CVXPY_ATOL * s
+    )
     assert np.all(np.diff(reference.pava(y)) >= 0)
 
 

@@ -11,9 +11,10 @@ import sys
 
 import torch
 import torch.distributed as dist
-import weightshare as ws
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+import weightshare as ws
 
 STEPS = 6
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from weightshare import _isotonic
-from weightshare.reference import pava
 
 from conformance.benchmarks import depth
 from conformance.strategies import KINDS, vectors
+from weightshare import _isotonic
+from weightshare.reference import pava
 
 KERNELS = ("rounds", "search", "hull")
 SYNC_FREE = ("search", "hull")

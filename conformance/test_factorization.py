@@ -7,11 +7,12 @@ import math
 import numpy as np
 import pytest
 import torch
-import weightshare as ws
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import optimize
+
+import weightshare as ws
 from weightshare import factorization as acc
 from weightshare.reference import factorization as ref
 

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-import weightshare.reference.hashing as ref
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+import weightshare.reference.hashing as ref
 from weightshare import hashing, nn
 
 # ------------------------------------------------------------------------------------------------

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import weightshare
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from weightshare import reference
 
+import weightshare
 from conformance.strategies import batches, vectors
+from weightshare import reference
 
 FLOATS = (torch.float64, torch.float32)
 #: the ``device`` fixture is a constant string, safe to share between hypothesis examples

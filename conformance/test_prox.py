@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import weightshare
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+
+import weightshare
+from conformance.strategies import batches, chain, lams, vectors
 from weightshare import _prox, reference
 from weightshare import _validation as validation
-
-from conformance.strategies import batches, chain, lams, vectors
 
 ALL_METHODS = ("pava", "rounds", "search", "hull", "auto")
 FLOATS = (torch.float64, torch.float32)

@@ -7,10 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
-import weightshare as ws
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+import weightshare as ws
 from weightshare import symmetry as acc
 from weightshare.reference import symmetry as ref
 

@@ -14,15 +14,15 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import weightshare as ws
-import weightshare._prox as ws_prox
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torch import nn
-from weightshare import reference as ref
 
+import weightshare as ws
+import weightshare._prox as ws_prox
 from conformance.strategies import vectors
+from weightshare import reference as ref
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_OK = [HealthCheck.function_scoped_fixture]  # the device fixture is the same per example

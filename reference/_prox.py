@@ -112,7 +112,8 @@ def isotonic(y: ArrayLike) -> NDArray[np.float64]:
         y: a 1-D float array with at most ``CVXPY_MAX_D`` entries.
 
     Returns:
-        A new float64 array, accurate to about ``1e-6`` relative to ``max(1, max|y|)``.
+        A new float64 array, accurate to about ``1e-4`` relative to ``max(1, max|y|)`` (the
+        solver's stopping rule).
 
     Raises:
         ValueError: for a non-float, non-1-D, non-finite or too long input.
@@ -135,15 +136,16 @@ def prox(v: ArrayLike, lam: float) -> NDArray[np.float64]:
     r"""$\operatorname{prox}_{\lambda R}(v) = \arg\min_u \tfrac12\|u-v\|^2 + \lambda R(u)$ by CVXPY.
 
     The program keeps the pairwise absolute values of the definition; it is solved by OSQP
-    (polished; Clarabel where OSQP stops short of "optimal") on the rescaled problem $v/s$, $\lambda/s$ with $s = \max(1, \max|v|, \lambda)$ (the prox is
-    positively homogeneous), then scaled back.
+    (polished; Clarabel where OSQP stops short of "optimal") on the rescaled problem $v/s$,
+    $\lambda/s$ with $s = \max(1, \max|v|, \lambda)$ (the prox is positively homogeneous), then
+    scaled back.
 
     Args:
         v: a 1-D float array with at most ``CVXPY_MAX_D`` entries.
         lam: the strength λ ≥ 0.
 
     Returns:
-        A new float64 array, accurate to about ``1e-6·s``.
+        A new float64 array, accurate to about ``1e-4·s`` (the solver's stopping rule).
 
     Raises:
         ValueError: for a bad ``v`` (non-float, non-1-D, non-finite, too long) or a negative or

@@ -37,9 +37,11 @@ docs: docs-src
 serve-docs: docs-src
 	$(VENV)/bin/mkdocs serve
 
-## Benchmarks as JSON (bench.json); ratios are printed and written to spec/performance data.
+## Benchmarks as JSON (bench.json), then the ratio tables (printed, and written to the snippet
+## spec/performance.md includes). One torch thread: on a shared 2-core machine two OpenMP threads
+## make torch ops erratic (override with OMP_NUM_THREADS=2 make bench).
 bench: install
-	$(PY) -m pytest conformance/benchmarks --benchmark-only --benchmark-json=bench.json -p no:randomly
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest conformance/benchmarks --benchmark-only --benchmark-json=bench.json -p no:randomly
 	$(PY) -m conformance.benchmarks.report bench.json
 
 lint: install

@@ -7,7 +7,6 @@ The configuration lives in the param groups (keys ``wsr_*``) so it survives
 
 from __future__ import annotations
 
-import math
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -15,6 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+
+from .reference._args import check_nonneg_finite
 
 __all__ = ["Attachment", "attach"]
 
@@ -57,12 +58,7 @@ def _strength(value: Any, what: str) -> float:
         raise TypeError(f"{what} must be a real number, got {type(value).__name__}")
     if isinstance(value, Tensor) and (value.numel() != 1 or value.is_complex()):
         raise TypeError(f"{what} must be a real scalar, got a tensor of shape {tuple(value.shape)}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{what} must be finite, got {value}")
-    if value < 0:
-        raise ValueError(f"{what} must be >= 0, got {value}")
-    return value
+    return check_nonneg_finite(value, what)
 
 
 def _check_dim(p: Tensor, dim: int | None) -> None:

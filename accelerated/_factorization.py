@@ -16,41 +16,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-__all__ = [
-    "INITS",
-    "Factorization",
-    "collapse",
-    "compression_ratio",
-    "default_std",
-    "equivalent_penalty",
-    "factor_penalty",
-    "factorize",
-    "factors",
-    "init",
-    "product",
-    "weight_decay_for",
-]
+from .reference._args import check_depth, check_init, check_nonneg_finite
+
+# The public names are listed once, in ``weightshare.factorization`` (``__all__``), which
+# re-exports them from here.
 
 INITS = ("variance-matching", "variance-matching-untruncated", "balanced")
 # layers whose reset_parameters() draws weight ~ U(±1/sqrt(fan_in)) (kaiming_uniform_, a=sqrt(5))
 _KAIMING_UNIFORM = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
-
-
-def _check_depth(depth: Any) -> int:
-    if not isinstance(depth, int) or isinstance(depth, bool):
-        raise TypeError(f"depth must be an int, got {type(depth).__name__}")
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
-    return depth
-
-
-def _check_scalar(x: Any, name: str) -> float:
-    x = float(x)
-    if not math.isfinite(x):
-        raise ValueError(f"{name} must be finite, got {x}")
-    if x < 0:
-        raise ValueError(f"{name} must be >= 0, got {x}")
-    return x
 
 
 def _check_tensor(w: Any, name: str) -> Tensor:
@@ -107,7 +80,7 @@ def equivalent_penalty(w: Tensor, mu: float, depth: int) -> Tensor:
         A 0-d tensor (differentiable where $w \ne 0$).
     """
     w = _check_tensor(w, "w")
-    mu, depth = _check_scalar(mu, "mu"), _check_depth(depth)
+    mu, depth = check_nonneg_finite(mu, "mu"), check_depth(depth)
     return depth * mu * w.abs().pow(2.0 / depth).sum()
 
 
@@ -122,7 +95,7 @@ def factor_penalty(factors: Sequence[Tensor], mu: float) -> Tensor:
         A 0-d tensor.
     """
     tensors = _check_factors(factors)
-    mu = _check_scalar(mu, "mu")
+    mu = check_nonneg_finite(mu, "mu")
     return mu * sum(u.square().sum() for u in tensors)
 
 
@@ -136,7 +109,7 @@ def weight_decay_for(lam: float, depth: int) -> float:
     Returns:
         $2\lambda/D$.
     """
-    return 2.0 * _check_scalar(lam, "lam") / _check_depth(depth)
+    return 2.0 * check_nonneg_finite(lam, "lam") / check_depth(depth)
 
 
 def init(
@@ -168,19 +141,7 @@ def init(
     Returns:
         ``depth`` tensors of ``shape``.
     """
-    depth = _check_depth(depth)
-    std = _check_scalar(std, "std")
-    if std == 0:
-        raise ValueError("std must be > 0")
-    lo, hi = 0.0, math.inf
-    if truncate:
-        eps = std / 4 if eps is None else _check_scalar(eps, "eps")
-        lo, hi = eps ** (1.0 / depth), min(1.0, (2.0 * std) ** (1.0 / depth))
-        if not lo < hi:
-            raise ValueError(
-                f"empty truncation interval ({lo:.3g}, {hi:.3g}) for std={std}, eps={eps}, "
-                f"depth={depth}"
-            )
+    depth, std, lo, hi = check_init(depth, std, eps, truncate)
     scale = std ** (1.0 / depth)
     shape = tuple(int(s) for s in shape)
     kw = {"generator": generator, "device": device, "dtype": dtype}
@@ -211,7 +172,7 @@ class Factorization(nn.Module):
 
     def __init__(self, depth: int) -> None:
         super().__init__()
-        self.depth = _check_depth(depth)
+        self.depth = check_depth(depth)
 
     def forward(self, *factors: Tensor) -> Tensor:
         out = factors[0]
@@ -288,7 +249,7 @@ def factorize(
         The module, parametrized in place; factors at ``parametrizations.<name>.original0..D-1``.
     """
     w = _get_tensor(module, name)
-    depth = _check_depth(depth)
+    depth = check_depth(depth)
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
     if parametrize.is_parametrized(module, name):
@@ -296,7 +257,7 @@ def factorize(
     _check_tensor(w, name)
     sampled = None
     if init != "balanced":
-        sigma = default_std(module, name) if std is None else _check_scalar(std, "std")
+        sigma = default_std(module, name) if std is None else check_nonneg_finite(std, "std")
         sampled = _draw_factors(
             w.shape,
             depth,
@@ -355,7 +316,7 @@ def collapse(module: nn.Module, name: str = "weight", *, threshold: float) -> nn
     """
     _get_tensor(module, name)
     _factorization(module, name)
-    threshold = _check_scalar(threshold, "threshold")
+    threshold = check_nonneg_finite(threshold, "threshold")
     with torch.no_grad():
         w = product(factors(module, name))
         w = torch.where(w.abs() < threshold, torch.zeros_like(w), w)

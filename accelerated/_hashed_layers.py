@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ._hashing import HashFn, _buckets, _gather, _int, _seed, make_table
+from ._hashing import HashFn, _gather, make_table
 from ._hashing import entropy as _entropy
 from ._hashing import sign as _sign_table
+from .reference._args import check_buckets, check_int, check_seed
 
 __all__ = ["Hashed", "HashedConv2d", "HashedLinear", "hashed"]
 
@@ -50,8 +51,8 @@ class _HashedWeight(nn.Module):
         hash_kwargs: dict[str, Any],
     ) -> None:
         _check_dtype(dtype)
-        self.num_buckets = _buckets(num_buckets)
-        self.seed = _seed(seed)
+        self.num_buckets = check_buckets(num_buckets)
+        self.seed = check_seed(seed)
         self.signed = bool(signed)
         self.hash = _hash_name(hash)
         self.hash_kwargs = dict(hash_kwargs)
@@ -125,8 +126,8 @@ class HashedLinear(_HashedWeight):
         **hash_kwargs: Any,
     ) -> None:
         super().__init__()
-        self.in_features = _int(in_features, "in_features")
-        self.out_features = _int(out_features, "out_features")
+        self.in_features = check_int(in_features, "in_features")
+        self.out_features = check_int(out_features, "out_features")
         if self.in_features < 1 or self.out_features < 1:
             raise ValueError(
                 f"in_features and out_features must be >= 1, got weight shape "
@@ -196,13 +197,13 @@ class HashedConv2d(_HashedWeight):
         **hash_kwargs: Any,
     ) -> None:
         super().__init__()
-        self.in_channels = _int(in_channels, "in_channels")
-        self.out_channels = _int(out_channels, "out_channels")
-        self.groups = _int(groups, "groups")
+        self.in_channels = check_int(in_channels, "in_channels")
+        self.out_channels = check_int(out_channels, "out_channels")
+        self.groups = check_int(groups, "groups")
         ks = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)
         if len(ks) != 2:
             raise ValueError(f"kernel_size must be an int or a pair, got {kernel_size!r}")
-        self.kernel_size = (_int(ks[0], "kernel_size"), _int(ks[1], "kernel_size"))
+        self.kernel_size = (check_int(ks[0], "kernel_size"), check_int(ks[1], "kernel_size"))
         if min(self.in_channels, self.out_channels, self.groups, *self.kernel_size) < 1:
             raise ValueError(
                 "in_channels, out_channels, groups and kernel_size must be >= 1, got "
@@ -270,8 +271,8 @@ class Hashed(nn.Module):
     ) -> None:
         super().__init__()
         self.shape = tuple(shape)
-        self.num_buckets = _buckets(num_buckets)
-        seed = _seed(seed)
+        self.num_buckets = check_buckets(num_buckets)
+        seed = check_seed(seed)
         self.register_buffer(
             "index", make_table(self.shape, self.num_buckets, hash, seed, device, hash_kwargs or {})
         )

@@ -8,13 +8,20 @@ tables are bit-equal to :mod:`weightshare.reference.hashing` on every device.
 from __future__ import annotations
 
 import math
-import numbers
-import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+
+from .reference._args import (
+    check_alpha,
+    check_buckets,
+    check_conv2d,
+    check_radius,
+    check_seed,
+    check_shape,
+)
 
 __all__ = [
     "conv2d",
@@ -32,7 +39,6 @@ _MASK64 = (1 << 64) - 1
 _GAMMA = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
-_MAX_BUCKETS = 1 << 62
 _STREAM_INDEX, _STREAM_SIGN, _STREAM_CATEGORICAL, _STREAM_OFFSET = 1, 2, 3, 4
 
 Device = torch.device | str | None
@@ -41,50 +47,6 @@ Device = torch.device | str | None
 def _signed(u: int) -> int:
     """The int64 with the same 64 bits as the unsigned ``u``."""
     return u - (1 << 64) if u >= 1 << 63 else u
-
-
-# ---------------------------------------------------------------------------------------------
-# validation
-
-
-def _int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
-    return operator.index(value)
-
-
-def _shape(shape: int | Sequence[int]) -> tuple[int, ...]:
-    dims = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
-    if not dims:
-        raise ValueError("shape must have at least one dimension, got ()")
-    dims = tuple(_int(d, "every dimension of shape") for d in dims)
-    if any(d < 1 for d in dims):
-        raise ValueError(f"shape must hold positive ints, got {dims}")
-    return dims
-
-
-def _buckets(num_buckets: object) -> int:
-    k = _int(num_buckets, "num_buckets")
-    if not 1 <= k <= _MAX_BUCKETS:
-        raise ValueError(f"num_buckets must be in [1, 2**62], got {k}")
-    return k
-
-
-def _seed(seed: object) -> int:
-    s = _int(seed, "seed")
-    if not 0 <= s <= _MASK64:
-        raise ValueError(f"seed must be in [0, 2**64), got {s}")
-    return s
-
-
-def _pair(value: object, what: str, low: int) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, numbers.Integral) else tuple(value)  # type: ignore[arg-type]
-    if len(pair) != 2:
-        raise ValueError(f"{what} must be an int or a pair of ints, got {value!r}")
-    a, b = (_int(v, what) for v in pair)
-    if a < low or b < low:
-        raise ValueError(f"{what} must be >= {low}, got {value!r}")
-    return a, b
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,7 +104,7 @@ def uniform(
     Returns:
         An int64 tensor of ``shape`` with entries in ``[0, num_buckets)``.
     """
-    dims, k, s = _shape(shape), _buckets(num_buckets), _seed(seed)
+    dims, k, s = check_shape(shape), check_buckets(num_buckets), check_seed(seed)
     return _umod(_hash64(s, _STREAM_INDEX, math.prod(dims), device), k).reshape(dims)
 
 
@@ -157,7 +119,7 @@ def sign(shape: int | Sequence[int], *, seed: int = 0, device: Device = None) ->
     Returns:
         An int8 tensor of ``shape`` with entries in ``{-1, +1}``.
     """
-    dims, s = _shape(shape), _seed(seed)
+    dims, s = check_shape(shape), check_seed(seed)
     negative = _hash64(s, _STREAM_SIGN, math.prod(dims), device) < 0
     return (1 - 2 * negative.to(torch.int8)).reshape(dims)
 
@@ -190,13 +152,10 @@ def dirichlet(
     Returns:
         An int64 tensor of ``shape`` with entries in ``[0, num_buckets)``.
     """
-    dims, k, s = _shape(shape), _buckets(num_buckets), _seed(seed)
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise TypeError(f"alpha must be a real number, got {type(alpha).__name__}")
-    if not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be finite and > 0, got {alpha}")
+    dims, k, s = check_shape(shape), check_buckets(num_buckets), check_seed(seed)
+    a = check_alpha(alpha)
     u = _unit_uniforms(s, _STREAM_CATEGORICAL, math.prod(dims), device)
-    cdf = torch.from_numpy(_dirichlet_cdf(k, float(alpha), s)).to(u.device)
+    cdf = torch.from_numpy(_dirichlet_cdf(k, a, s)).to(u.device)
     return torch.searchsorted(cdf, u, right=True).reshape(dims)
 
 
@@ -222,10 +181,8 @@ def neighborhood(
     Returns:
         An int64 tensor of ``shape`` with entries in ``[0, num_buckets)``.
     """
-    dims, k, s = _shape(shape), _buckets(num_buckets), _seed(seed)
-    r = _int(radius, "radius")
-    if not 0 <= r <= 1 << 60:
-        raise ValueError(f"radius must be in [0, 2**60], got {r}")
+    dims, k, s = check_shape(shape), check_buckets(num_buckets), check_seed(seed)
+    r = check_radius(radius)
     n = math.prod(dims)
     base = torch.arange(n, dtype=torch.int64, device=device) % k
     delta = _umod(_hash64(s, _STREAM_OFFSET, n, device), 2 * r + 1) - r
@@ -242,7 +199,7 @@ def dense(shape: int | Sequence[int], *, device: Device = None) -> torch.Tensor:
     Returns:
         An int64 tensor of ``shape`` holding ``0 .. numel - 1``.
     """
-    dims = _shape(shape)
+    dims = check_shape(shape)
     return torch.arange(math.prod(dims), dtype=torch.int64, device=device).reshape(dims)
 
 
@@ -273,19 +230,9 @@ def conv2d(
         ``(index, num_buckets)``: an int64 tensor of shape $(C_{out} H' W', C_{in} H W)$ and
         $K = C_{out} C_{in} k_h k_w + 1$.
     """
-    cin, cout = _int(in_channels, "in_channels"), _int(out_channels, "out_channels")
-    if cin < 1 or cout < 1:
-        raise ValueError(f"in_channels and out_channels must be >= 1, got {cin}, {cout}")
-    (kh, kw), (h, w) = _pair(kernel_size, "kernel_size", 1), _pair(input_size, "input_size", 1)
-    (sh, sw), (ph, pw) = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
-    dh, dw = _pair(dilation, "dilation", 1)
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    if ho < 1 or wo < 1:
-        raise ValueError(
-            f"the kernel {(kh, kw)} (dilation {(dh, dw)}) does not fit the padded input "
-            f"{(h + 2 * ph, w + 2 * pw)}"
-        )
+    cin, cout, kh, kw, h, w, sh, sw, ph, pw, dh, dw, ho, wo = check_conv2d(
+        in_channels, out_channels, kernel_size, input_size, stride, padding, dilation
+    )
     zero = cout * cin * kh * kw
     grids = torch.meshgrid(
         *(torch.arange(n, device=device) for n in (cout, ho, wo, cin, kh, kw)), indexing="ij"
@@ -357,7 +304,7 @@ def entropy(index: torch.Tensor, num_buckets: int, *, normalized: bool = False) 
     Returns:
         A 0-d float64 tensor on ``index``'s device.
     """
-    k = _buckets(num_buckets)
+    k = check_buckets(num_buckets)
     h = _index(index, k)
     q = torch.bincount(h.reshape(-1), minlength=k).to(torch.float64) / h.numel()
     ent = 0.0 - torch.special.xlogy(q, q).sum()  # 0.0 - x keeps +0.0 for one full bucket
@@ -409,7 +356,7 @@ def materialize_grad(
     Returns:
         The gradient with respect to the values, shape ``(K,)``, ``grad_weight``'s dtype.
     """
-    k = _buckets(num_buckets)
+    k = check_buckets(num_buckets)
     g = _floats(grad_weight, "grad_weight")
     h = _index(index, k)
     if g.shape != h.shape:
@@ -438,7 +385,7 @@ def make_table(
     hash_kwargs: dict[str, Any],
 ) -> torch.Tensor:
     """The index table of a layer: a named hash or ``hash(shape, K, seed=, device=, **kw)``."""
-    k = _buckets(num_buckets)
+    k = check_buckets(num_buckets)
     if callable(hash):
         table = hash(shape, k, seed=seed, device=device, **hash_kwargs)
         if not isinstance(table, torch.Tensor) or tuple(table.shape) != shape:

@@ -13,7 +13,8 @@ def penalty(w: torch.Tensor, dim: int | None = None) -> torch.Tensor:
 
     With $w_{(1)} \le \dots \le w_{(d)}$ and $c_k = (2k-d-1)/(d-1)$. The gradient is the
     minimum-norm subgradient: entry $i$ gets $c_k$ for its rank $k$, and tied entries share the
-    mean of their coefficients. Sums are accumulated in float64 and rounded to ``w``'s dtype.
+    mean of their coefficients. Sums are accumulated in float64 from each vector's minimum (by
+    shift invariance) and rounded to ``w``'s dtype.
 
     Args:
         w: a real floating tensor without NaN/inf.
@@ -41,7 +42,10 @@ def penalty(w: torch.Tensor, dim: int | None = None) -> torch.Tensor:
     d = rows.shape[1]
     xs = torch.sort(rows, dim=1).values
     coef = _tie_averaged(xs.detach(), _ramp(d, w.device))
-    value = (xs.to(torch.float64) * coef).sum(dim=1).to(w.dtype)
+    x64 = xs.to(torch.float64)
+    # shift invariance: measuring from each row's minimum cancels less (all-equal rows give 0)
+    x64 = x64 - x64[:, :1].detach()
+    value = (x64 * coef).sum(dim=1).to(w.dtype)
     return value.reshape(val.batch_shape(w, dim))
 
 

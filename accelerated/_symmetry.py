@@ -16,6 +16,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from .reference._args import KINDS as KINDS
+from .reference._args import parse_kind
+
 __all__ = [
     "KINDS",
     "Symmetry",
@@ -26,74 +29,6 @@ __all__ = [
     "symmetric",
     "table",
 ]
-
-KINDS = ("symmetric", "channel", "spatial", "quarter", "eightfold", "block4", "chunk", "eigen")
-_KEYWORDS = {"chunk": {"chunks", "dim"}, "eigen": {"rank"}}
-_SQUARE = ("symmetric", "channel", "quarter", "eightfold", "eigen")
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _parse(kind: str, shape: Sequence[int], kwargs: dict[str, Any]) -> tuple[tuple[str, ...], dict]:
-    """Validate the kind, shape and keywords; return the kind parts and normalized keywords."""
-    if not isinstance(kind, str):
-        raise TypeError(f"kind must be a string, got {type(kind).__name__}")
-    shape = tuple(int(s) for s in shape)
-    parts = tuple(kind.split("+"))
-    for part in parts:
-        if part not in KINDS:
-            raise ValueError(f"unknown symmetry kind {part!r}; expected one of {KINDS}")
-    if len(set(parts)) != len(parts):
-        raise ValueError(f"kind {kind!r} repeats a part")
-    if "eigen" in parts and len(parts) > 1:
-        raise ValueError("kind 'eigen' cannot be combined with other kinds")
-    allowed = set().union(*(_KEYWORDS.get(p, set()) for p in parts))
-    unexpected = sorted(set(kwargs) - allowed)
-    if unexpected:
-        raise TypeError(f"kind {kind!r} takes no keyword(s) {unexpected}")
-    if any(s < 1 for s in shape):
-        raise ValueError(f"symmetry needs a non-empty weight, got shape {shape}")
-    out: dict[str, Any] = {}
-    for part in parts:
-        if part in _SQUARE:
-            need = 3 if part == "channel" else 2
-            if len(shape) < need or shape[0] != shape[1]:
-                what = "a conv weight (n, n, *kernel)" if part == "channel" else "(n, n, *taps)"
-                raise ValueError(f"kind {part!r} needs a square weight {what}, got shape {shape}")
-        elif part == "block4" and len(shape) < 2:
-            raise ValueError(f"kind 'block4' needs a weight with ndim >= 2, got shape {shape}")
-        elif part == "spatial" and (len(shape) != 4 or shape[2] != shape[3]):
-            raise ValueError(
-                f"kind 'spatial' needs a conv weight (out, in, k, k), got shape {shape}"
-            )
-        elif part == "chunk":
-            if "chunks" not in kwargs:
-                raise TypeError("kind 'chunk' needs the keyword chunks=c")
-            chunks, dim = kwargs["chunks"], kwargs.get("dim", 0)
-            if not _is_int(chunks):
-                raise TypeError(f"chunks must be an int, got {type(chunks).__name__}")
-            if not _is_int(dim):
-                raise TypeError(f"dim must be an int, got {type(dim).__name__}")
-            if not -len(shape) <= dim < len(shape):
-                raise IndexError(f"dim {dim} out of range for shape {shape}")
-            dim %= len(shape)
-            if chunks < 1 or shape[dim] % chunks:
-                raise ValueError(
-                    f"chunks={chunks} must be >= 1 and divide shape[{dim}] of shape {shape}"
-                )
-            out.update(chunks=chunks, dim=dim)
-        if part == "eigen":
-            if "rank" not in kwargs:
-                raise TypeError("kind 'eigen' needs the keyword rank=r")
-            rank = kwargs["rank"]
-            if not _is_int(rank):
-                raise TypeError(f"rank must be an int, got {type(rank).__name__}")
-            if not 1 <= rank <= shape[0]:
-                raise ValueError(f"rank {rank} out of range 1..{shape[0]} for shape {shape}")
-            out["rank"] = rank
-    return parts, out
 
 
 @lru_cache(maxsize=64)
@@ -143,7 +78,7 @@ def table(
         An int64 tensor of ``shape``; slot ``k`` is the orbit with the ``k``-th smallest
         row-major flat index.
     """
-    parts, kw = _parse(kind, shape, kind_kwargs)
+    parts, kw = parse_kind(kind, shape, kind_kwargs)
     if parts == ("eigen",):
         raise ValueError("kind 'eigen' is not linear and has no index table")
     shape = tuple(int(s) for s in shape)
@@ -161,7 +96,7 @@ def num_free(kind: str, shape: Sequence[int], **kind_kwargs: Any) -> int:
     Returns:
         The count; for a combination, the number of orbits of the generated group.
     """
-    parts, kw = _parse(kind, shape, kind_kwargs)
+    parts, kw = parse_kind(kind, shape, kind_kwargs)
     shape = tuple(int(s) for s in shape)
     if len(parts) > 1:
         return int(table(kind, shape, **kind_kwargs).max()) + 1
@@ -234,7 +169,7 @@ def build(kind: str, free: Tensor, shape: Sequence[int], **kind_kwargs: Any) -> 
     Returns:
         The weight, of ``shape``.
     """
-    parts, kw = _parse(kind, shape, kind_kwargs)
+    parts, kw = parse_kind(kind, shape, kind_kwargs)
     shape = tuple(int(s) for s in shape)
     free = _check_tensor(free, "free")
     count = num_free(kind, shape, **kind_kwargs)
@@ -263,7 +198,7 @@ def free(kind: str, W: Tensor, **kind_kwargs: Any) -> Tensor:
         A vector of length ``num_free(kind, W.shape)``.
     """
     W = _check_tensor(W, "W")
-    parts, kw = _parse(kind, W.shape, kind_kwargs)
+    parts, kw = parse_kind(kind, W.shape, kind_kwargs)
     if parts == ("eigen",):
         return _eigen_free(W, kw["rank"])
     H = table(kind, W.shape, device=W.device, **kind_kwargs)
@@ -305,7 +240,7 @@ class Symmetry(nn.Module):
         **kind_kwargs: Any,
     ) -> None:
         super().__init__()
-        self.parts, self.kw = _parse(kind, shape, kind_kwargs)
+        self.parts, self.kw = parse_kind(kind, shape, kind_kwargs)
         self.kind, self.kind_kwargs = kind, dict(kind_kwargs)
         self.shape = tuple(int(s) for s in shape)
         self.num_free = num_free(kind, self.shape, **kind_kwargs)

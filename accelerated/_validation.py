@@ -8,11 +8,12 @@ functorch transforms (``vmap``, ``grad``).
 
 from __future__ import annotations
 
-import math
 from numbers import Real
 
 import numpy as np
 import torch
+
+from .reference._args import check_nonneg_finite
 
 Lam = float | torch.Tensor
 
@@ -74,11 +75,7 @@ def check_lam_value(lam: Lam, t: torch.Tensor, dim: int | None, name: str = "lam
         return
     if isinstance(lam, bool) or not isinstance(lam, Real):
         raise TypeError(f"{name} must be a float or a tensor, got {type(lam).__name__}")
-    value = float(lam)
-    if math.isnan(value) or math.isinf(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
+    check_nonneg_finite(lam, name)
 
 
 def check_values(

@@ -405,3 +405,29 @@ def test_dtype_and_device_follow_the_module(device, dtype) -> None:
     assert lin(x).dtype == dtype
     ws.collapse(lin, threshold=0.05)
     assert lin.weight.dtype == dtype and lin.weight.device == lin.bias.device
+
+
+@pytest.mark.req("DWF-13")
+def test_model_with_every_structure_compiles_to_one_graph() -> None:
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        ws.nn.HashedLinear(12, 16, 40, seed=3),
+        torch.nn.Tanh(),
+        ws.symmetric(torch.nn.Linear(16, 16), kind="symmetric"),
+        torch.nn.Tanh(),
+        ws.factorize(torch.nn.Linear(16, 5), depth=3),
+    ).double()
+    x = torch.randn(7, 12, dtype=torch.float64)
+    eager_out = model(x)
+    eager_grads = torch.autograd.grad(eager_out.square().sum(), list(model.parameters()))
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, fullgraph=True, backend=counter)
+    out = compiled(x)
+    grads = torch.autograd.grad(out.square().sum(), list(model.parameters()))
+    assert counter.frame_count == 1
+    torch.testing.assert_close(out, eager_out)
+    for g, e in zip(grads, eager_grads, strict=True):
+        torch.testing.assert_close(g, e)

@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ._args import check_nonneg_finite
 from ._penalty import InputDTypeError, as_vector
 
 #: Largest d the CVXPY programs accept (the pairwise program has d(d-1)/2 terms).
@@ -25,12 +26,7 @@ CVXPY_TOL = 1e-10
 def _as_lam(lam: float, name: str = "lam") -> float:
     if isinstance(lam, bool) or not isinstance(lam, int | float | np.floating | np.integer):
         raise InputDTypeError(f"{name} must be a real number, got {type(lam).__name__}")
-    value = float(lam)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    if value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return value
+    return check_nonneg_finite(lam, name)
 
 
 def ramp(d: int) -> NDArray[np.float64]:

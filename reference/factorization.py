@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ._args import check_depth, check_float_array, check_init, check_nonneg_finite
+
 __all__ = [
     "collapse",
     "compression_ratio",
@@ -24,39 +26,12 @@ __all__ = [
 ]
 
 
-def _check_depth(depth: Any) -> int:
-    if not isinstance(depth, int) or isinstance(depth, bool):
-        raise TypeError(f"depth must be an int, got {type(depth).__name__}")
-    if depth < 1:
-        raise ValueError(f"depth must be >= 1, got {depth}")
-    return depth
-
-
-def _check_scalar(x: Any, name: str) -> float:
-    x = float(x)
-    if not math.isfinite(x):
-        raise ValueError(f"{name} must be finite, got {x}")
-    if x < 0:
-        raise ValueError(f"{name} must be >= 0, got {x}")
-    return x
-
-
-def _check_array(w: Any, name: str) -> np.ndarray:
-    w = np.asarray(w)
-    if w.dtype == bool or not np.issubdtype(w.dtype, np.floating):
-        raise TypeError(f"{name} must be a real floating array, got dtype {w.dtype}")
-    bad = int(np.count_nonzero(~np.isfinite(w)))
-    if bad:
-        raise ValueError(f"{name} has {bad} non-finite (NaN/inf) entries")
-    return w
-
-
 def _check_factors(factors: Sequence[Any]) -> list[np.ndarray]:
     if isinstance(factors, np.ndarray) or not isinstance(factors, Sequence):
         raise TypeError("factors must be a sequence of arrays")
     if not factors:
         raise ValueError("factors must hold at least one array")
-    arrays = [_check_array(u, f"factors[{d}]") for d, u in enumerate(factors)]
+    arrays = [check_float_array(u, f"factors[{d}]") for d, u in enumerate(factors)]
     shapes = {u.shape for u in arrays}
     if len(shapes) > 1:
         raise ValueError(f"factors must share one shape, got shapes {sorted(shapes)}")
@@ -92,7 +67,7 @@ def collapse(factors: Sequence[Any], *, threshold: float) -> np.ndarray:
     Returns:
         The collapsed, thresholded weight.
     """
-    threshold = _check_scalar(threshold, "threshold")
+    threshold = check_nonneg_finite(threshold, "threshold")
     w = product(factors)
     return np.where(np.abs(w) < threshold, np.zeros_like(w), w)
 
@@ -108,8 +83,8 @@ def equivalent_penalty(w: Any, mu: float, depth: int) -> float:
     Returns:
         The minimum of $\mu\sum_d\lVert u_d\rVert^2$ over factorizations of $w$.
     """
-    w = _check_array(w, "w")
-    mu, depth = _check_scalar(mu, "mu"), _check_depth(depth)
+    w = check_float_array(w, "w")
+    mu, depth = check_nonneg_finite(mu, "mu"), check_depth(depth)
     return float(depth * mu * np.sum(np.abs(w.astype(np.float64)) ** (2.0 / depth)))
 
 
@@ -124,7 +99,7 @@ def factor_penalty(factors: Sequence[Any], mu: float) -> float:
         The penalty value.
     """
     arrays = _check_factors(factors)
-    mu = _check_scalar(mu, "mu")
+    mu = check_nonneg_finite(mu, "mu")
     return float(mu * sum(np.sum(u.astype(np.float64) ** 2) for u in arrays))
 
 
@@ -142,18 +117,7 @@ def weight_decay_for(lam: float, depth: int) -> float:
     Returns:
         $2\lambda / D$.
     """
-    return 2.0 * _check_scalar(lam, "lam") / _check_depth(depth)
-
-
-def _bounds(std: float, depth: int, eps: float | None) -> tuple[float, float]:
-    eps = std / 4 if eps is None else _check_scalar(eps, "eps")
-    lo, hi = eps ** (1.0 / depth), min(1.0, (2.0 * std) ** (1.0 / depth))
-    if not lo < hi:
-        raise ValueError(
-            f"empty truncation interval ({lo:.3g}, {hi:.3g}) for std={std}, eps={eps}, "
-            f"depth={depth}"
-        )
-    return lo, hi
+    return 2.0 * check_nonneg_finite(lam, "lam") / check_depth(depth)
 
 
 def init(
@@ -182,12 +146,8 @@ def init(
     Returns:
         ``depth`` float64 arrays of ``shape``.
     """
-    depth = _check_depth(depth)
-    std = _check_scalar(std, "std")
-    if std == 0:
-        raise ValueError("std must be > 0")
+    depth, std, lo, hi = check_init(depth, std, eps, truncate)
     scale = std ** (1.0 / depth)
-    lo, hi = _bounds(std, depth, eps) if truncate else (0.0, math.inf)
     factors = []
     for _ in range(depth):
         u = rng.normal(0.0, scale, size=tuple(shape))

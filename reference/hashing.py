@@ -9,11 +9,19 @@ SplitMix64 (spec HASH-2), computed here in ``uint64`` arithmetic.
 from __future__ import annotations
 
 import math
-import numbers
-import operator
 from collections.abc import Sequence
 
 import numpy as np
+
+from ._args import MAX_BUCKETS as MAX_BUCKETS
+from ._args import (
+    check_alpha,
+    check_buckets,
+    check_conv2d,
+    check_radius,
+    check_seed,
+    check_shape,
+)
 
 __all__ = [
     "conv2d",
@@ -31,57 +39,12 @@ _MASK64 = (1 << 64) - 1
 _GAMMA = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
-MAX_BUCKETS = 1 << 62
 
 # stream tags: one independent SplitMix64 stream per use (spec HASH-2)
 STREAM_INDEX = 1
 STREAM_SIGN = 2
 STREAM_CATEGORICAL = 3
 STREAM_OFFSET = 4
-
-
-# ---------------------------------------------------------------------------------------------
-# validation
-
-
-def _int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{what} must be an int, got {type(value).__name__}")
-    return operator.index(value)
-
-
-def _shape(shape: int | Sequence[int]) -> tuple[int, ...]:
-    dims = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
-    if not dims:
-        raise ValueError("shape must have at least one dimension, got ()")
-    dims = tuple(_int(d, "every dimension of shape") for d in dims)
-    if any(d < 1 for d in dims):
-        raise ValueError(f"shape must hold positive ints, got {dims}")
-    return dims
-
-
-def _buckets(num_buckets: object) -> int:
-    k = _int(num_buckets, "num_buckets")
-    if not 1 <= k <= MAX_BUCKETS:
-        raise ValueError(f"num_buckets must be in [1, 2**62], got {k}")
-    return k
-
-
-def _seed(seed: object) -> int:
-    s = _int(seed, "seed")
-    if not 0 <= s <= _MASK64:
-        raise ValueError(f"seed must be in [0, 2**64), got {s}")
-    return s
-
-
-def _pair(value: object, what: str, low: int) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, numbers.Integral) else tuple(value)  # type: ignore[arg-type]
-    if len(pair) != 2:
-        raise ValueError(f"{what} must be an int or a pair of ints, got {value!r}")
-    a, b = (_int(v, what) for v in pair)
-    if a < low or b < low:
-        raise ValueError(f"{what} must be >= {low}, got {value!r}")
-    return a, b
 
 
 # ---------------------------------------------------------------------------------------------
@@ -129,7 +92,7 @@ def uniform(shape: int | Sequence[int], num_buckets: int, *, seed: int = 0) -> n
     Returns:
         An int64 array of ``shape`` with entries in ``[0, num_buckets)``.
     """
-    dims, k, s = _shape(shape), _buckets(num_buckets), _seed(seed)
+    dims, k, s = check_shape(shape), check_buckets(num_buckets), check_seed(seed)
     n = math.prod(dims)
     return (hash64(s, STREAM_INDEX, n) % np.uint64(k)).astype(np.int64).reshape(dims)
 
@@ -144,7 +107,7 @@ def sign(shape: int | Sequence[int], *, seed: int = 0) -> np.ndarray:
     Returns:
         An int8 array of ``shape`` with entries in ``{-1, +1}``.
     """
-    dims, s = _shape(shape), _seed(seed)
+    dims, s = check_shape(shape), check_seed(seed)
     top = (hash64(s, STREAM_SIGN, math.prod(dims)) >> np.uint64(63)).astype(np.int8)
     return (1 - 2 * top).astype(np.int8).reshape(dims)
 
@@ -172,12 +135,9 @@ def dirichlet(
     Returns:
         An int64 array of ``shape`` with entries in ``[0, num_buckets)``.
     """
-    dims, k, s = _shape(shape), _buckets(num_buckets), _seed(seed)
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
-        raise TypeError(f"alpha must be a real number, got {type(alpha).__name__}")
-    if not (math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be finite and > 0, got {alpha}")
-    cdf = np.cumsum(dirichlet_probabilities(k, float(alpha), s))
+    dims, k, s = check_shape(shape), check_buckets(num_buckets), check_seed(seed)
+    a = check_alpha(alpha)
+    cdf = np.cumsum(dirichlet_probabilities(k, a, s))
     cdf[-1] = 1.0
     u = unit_uniforms(s, STREAM_CATEGORICAL, math.prod(dims))
     return np.searchsorted(cdf, u, side="right").astype(np.int64).reshape(dims)
@@ -200,10 +160,8 @@ def neighborhood(
     Returns:
         An int64 array of ``shape`` with entries in ``[0, num_buckets)``.
     """
-    dims, k, s = _shape(shape), _buckets(num_buckets), _seed(seed)
-    r = _int(radius, "radius")
-    if not 0 <= r <= 1 << 60:
-        raise ValueError(f"radius must be in [0, 2**60], got {r}")
+    dims, k, s = check_shape(shape), check_buckets(num_buckets), check_seed(seed)
+    r = check_radius(radius)
     n = math.prod(dims)
     base = np.arange(n, dtype=np.int64) % k
     delta = (hash64(s, STREAM_OFFSET, n) % np.uint64(2 * r + 1)).astype(np.int64) - r
@@ -219,7 +177,7 @@ def dense(shape: int | Sequence[int]) -> np.ndarray:
     Returns:
         An int64 array of ``shape`` holding ``0 .. numel - 1``.
     """
-    dims = _shape(shape)
+    dims = check_shape(shape)
     return np.arange(math.prod(dims), dtype=np.int64).reshape(dims)
 
 
@@ -254,19 +212,9 @@ def conv2d(
         $(C_{out} H' W', C_{in} H W)$ and $K = C_{out} C_{in} k_h k_w + 1$; the weight is
         ``materialize(np.append(kernel.ravel(), 0.0), index)``.
     """
-    cin, cout = _int(in_channels, "in_channels"), _int(out_channels, "out_channels")
-    if cin < 1 or cout < 1:
-        raise ValueError(f"in_channels and out_channels must be >= 1, got {cin}, {cout}")
-    (kh, kw), (h, w) = _pair(kernel_size, "kernel_size", 1), _pair(input_size, "input_size", 1)
-    (sh, sw), (ph, pw) = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
-    dh, dw = _pair(dilation, "dilation", 1)
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    if ho < 1 or wo < 1:
-        raise ValueError(
-            f"the kernel {(kh, kw)} (dilation {(dh, dw)}) does not fit the padded input "
-            f"{(h + 2 * ph, w + 2 * pw)}"
-        )
+    cin, cout, kh, kw, h, w, sh, sw, ph, pw, dh, dw, ho, wo = check_conv2d(
+        in_channels, out_channels, kernel_size, input_size, stride, padding, dilation
+    )
     zero = cout * cin * kh * kw
     index = np.full((cout, ho, wo, cin, h, w), zero, dtype=np.int64)
     o, yo, xo, c, a, b = np.meshgrid(
@@ -333,7 +281,7 @@ def entropy(index: np.ndarray, num_buckets: int, *, normalized: bool = False) ->
     Returns:
         The entropy as a Python float.
     """
-    k = _buckets(num_buckets)
+    k = check_buckets(num_buckets)
     arr = _index(index, k)
     q = np.bincount(arr.ravel(), minlength=k) / arr.size
     q = q[q > 0]
@@ -382,7 +330,7 @@ def materialize_grad(
     Returns:
         The gradient with respect to the values, shape ``(K,)``, ``grad_weight``'s dtype.
     """
-    k = _buckets(num_buckets)
+    k = check_buckets(num_buckets)
     g = _floats(grad_weight, "grad_weight")
     h = _index(index, k)
     if g.shape != h.shape:

@@ -19,77 +19,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KINDS", "build", "free", "num_free", "project", "table"]
+from ._args import KINDS as KINDS
+from ._args import check_float_array, parse_kind
 
-KINDS = ("symmetric", "channel", "spatial", "quarter", "eightfold", "block4", "chunk", "eigen")
-_KEYWORDS = {"chunk": {"chunks", "dim"}, "eigen": {"rank"}}
+__all__ = ["KINDS", "build", "free", "num_free", "project", "table"]
 
 Index = tuple[int, ...]
 
 
-def _parse(kind: str, shape: Sequence[int], kwargs: dict[str, Any]) -> tuple[list[str], dict]:
-    """Validate ``kind``/``shape``/keywords; return the kind parts and the normalized keywords."""
-    if not isinstance(kind, str):
-        raise TypeError(f"kind must be a string, got {type(kind).__name__}")
-    shape = tuple(int(s) for s in shape)
-    parts = kind.split("+")
-    for part in parts:
-        if part not in KINDS:
-            raise ValueError(f"unknown symmetry kind {part!r}; expected one of {KINDS}")
-    if len(set(parts)) != len(parts):
-        raise ValueError(f"kind {kind!r} repeats a part")
-    if "eigen" in parts and len(parts) > 1:
-        raise ValueError("kind 'eigen' cannot be combined with other kinds")
-    allowed = set().union(*(_KEYWORDS.get(p, set()) for p in parts))
-    unexpected = sorted(set(kwargs) - allowed)
-    if unexpected:
-        raise TypeError(f"kind {kind!r} takes no keyword(s) {unexpected}")
-    if any(s < 1 for s in shape):
-        raise ValueError(f"symmetry needs a non-empty weight, got shape {shape}")
-    out: dict[str, Any] = {}
-    for part in parts:
-        if part in ("symmetric", "quarter", "eightfold", "eigen", "channel"):
-            need = 3 if part == "channel" else 2
-            if len(shape) < need or shape[0] != shape[1]:
-                what = "a conv weight (n, n, *kernel)" if part == "channel" else "(n, n, *taps)"
-                raise ValueError(f"kind {part!r} needs a square weight {what}, got shape {shape}")
-        elif part == "block4":
-            if len(shape) < 2:
-                raise ValueError(f"kind 'block4' needs a weight with ndim >= 2, got shape {shape}")
-        elif part == "spatial":
-            if len(shape) != 4 or shape[2] != shape[3]:
-                raise ValueError(
-                    f"kind 'spatial' needs a conv weight (out, in, k, k), got shape {shape}"
-                )
-        if part == "chunk":
-            if "chunks" not in kwargs:
-                raise TypeError("kind 'chunk' needs the keyword chunks=c")
-            chunks, dim = kwargs["chunks"], kwargs.get("dim", 0)
-            if not isinstance(chunks, int) or isinstance(chunks, bool):
-                raise TypeError(f"chunks must be an int, got {type(chunks).__name__}")
-            if not isinstance(dim, int) or isinstance(dim, bool):
-                raise TypeError(f"dim must be an int, got {type(dim).__name__}")
-            if not -len(shape) <= dim < len(shape):
-                raise IndexError(f"dim {dim} out of range for shape {shape}")
-            dim %= len(shape)
-            if chunks < 1 or shape[dim] % chunks:
-                raise ValueError(
-                    f"chunks={chunks} must be >= 1 and divide shape[{dim}] of shape {shape}"
-                )
-            out.update(chunks=chunks, dim=dim)
-        if part == "eigen":
-            if "rank" not in kwargs:
-                raise TypeError("kind 'eigen' needs the keyword rank=r")
-            rank = kwargs["rank"]
-            if not isinstance(rank, int) or isinstance(rank, bool):
-                raise TypeError(f"rank must be an int, got {type(rank).__name__}")
-            if not 1 <= rank <= shape[0]:
-                raise ValueError(f"rank {rank} out of range 1..{shape[0]} for shape {shape}")
-            out["rank"] = rank
-    return parts, out
-
-
-def _generators(parts: list[str], shape: Index, kw: dict) -> list[Callable[[Index], Index]]:
+def _generators(parts: tuple[str, ...], shape: Index, kw: dict) -> list[Callable[[Index], Index]]:
     """The symmetry equations ``W[p] = W[g(p)]`` as index maps ``g``."""
     n0 = shape[0]
     n1 = shape[1] if len(shape) > 1 else 1
@@ -143,8 +81,8 @@ def table(kind: str, shape: Sequence[int], **kind_kwargs: Any) -> np.ndarray:
         An int64 array of ``shape``; slot ``k`` is the orbit with the ``k``-th smallest
         row-major flat index.
     """
-    parts, kw = _parse(kind, shape, kind_kwargs)
-    if parts == ["eigen"]:
+    parts, kw = parse_kind(kind, shape, kind_kwargs)
+    if parts == ("eigen",):
         raise ValueError("kind 'eigen' is not linear and has no index table")
     shape = tuple(int(s) for s in shape)
     parent = list(range(math.prod(shape)))
@@ -176,7 +114,7 @@ def num_free(kind: str, shape: Sequence[int], **kind_kwargs: Any) -> int:
     Returns:
         The count; for a combination, the number of orbits of the generated group.
     """
-    parts, kw = _parse(kind, shape, kind_kwargs)
+    parts, kw = parse_kind(kind, shape, kind_kwargs)
     shape = tuple(int(s) for s in shape)
     if len(parts) > 1:
         return int(table(kind, shape, **kind_kwargs).max()) + 1
@@ -198,16 +136,6 @@ def num_free(kind: str, shape: Sequence[int], **kind_kwargs: Any) -> int:
     if part == "chunk":
         return math.prod(shape) // kw["chunks"]
     return taps * kw["rank"] * (n + 1)  # eigen
-
-
-def _check_array(W: Any, name: str) -> np.ndarray:
-    W = np.asarray(W)
-    if W.dtype == bool or not np.issubdtype(W.dtype, np.floating):
-        raise TypeError(f"{name} must be a real floating array, got dtype {W.dtype}")
-    bad = int(np.count_nonzero(~np.isfinite(W)))
-    if bad:
-        raise ValueError(f"{name} has {bad} non-finite (NaN/inf) entries")
-    return W
 
 
 def _taps_first(W: np.ndarray) -> np.ndarray:
@@ -232,16 +160,16 @@ def build(kind: str, free: Any, shape: Sequence[int], **kind_kwargs: Any) -> np.
     Returns:
         The weight, of ``shape`` and of the dtype of ``free``.
     """
-    parts, kw = _parse(kind, shape, kind_kwargs)
+    parts, kw = parse_kind(kind, shape, kind_kwargs)
     shape = tuple(int(s) for s in shape)
-    free = _check_array(free, "free")
+    free = check_float_array(free, "free")
     count = num_free(kind, shape, **kind_kwargs)
     if free.shape != (count,):
         raise ValueError(
             f"free must have shape ({count},) for kind {kind!r} and shape {shape}, "
             f"got shape {free.shape}"
         )
-    if parts != ["eigen"]:
+    if parts != ("eigen",):
         return free[table(kind, shape, **kind_kwargs)]
     n, r, taps = shape[0], kw["rank"], math.prod(shape[2:])
     V = free[: taps * n * r].reshape(taps, n, r)
@@ -264,9 +192,9 @@ def free(kind: str, W: Any, **kind_kwargs: Any) -> np.ndarray:
     Returns:
         A vector of length ``num_free(kind, W.shape)``.
     """
-    W = _check_array(W, "W")
-    parts, kw = _parse(kind, W.shape, kind_kwargs)
-    if parts != ["eigen"]:
+    W = check_float_array(W, "W")
+    parts, kw = parse_kind(kind, W.shape, kind_kwargs)
+    if parts != ("eigen",):
         H = table(kind, W.shape, **kind_kwargs).ravel()
         sums = np.bincount(H, weights=W.ravel().astype(np.float64))
         return (sums / np.bincount(H)).astype(W.dtype)
@@ -293,5 +221,5 @@ def project(kind: str, W: Any, **kind_kwargs: Any) -> np.ndarray:
     Returns:
         An array of the shape and dtype of ``W``.
     """
-    W = _check_array(W, "W")
+    W = check_float_array(W, "W")
     return build(kind, free(kind, W, **kind_kwargs), W.shape, **kind_kwargs)

@@ -1,10 +1,12 @@
 """Peak extra memory of one prox (or kernel) call, measured in a fresh subprocess.
 
 Method: the child process imports torch, builds the input, warms the call up on a small input,
-then records its resident set size (``/proc/self/statm``) just before the call and the
-high-water mark (``getrusage(...).ru_maxrss``) just after it. The difference is the peak extra
-physical memory of the call (all temporaries and the output; untouched reservations do not
-count). It is reported as a multiple of the input's bytes. Linux only.
+resets its resident-set high-water mark (``/proc/self/clear_refs``), records its resident set size
+just before the call and the high-water mark (``VmHWM`` in ``/proc/self/status``) just after it.
+The difference is the peak extra physical memory of the call (all temporaries and the output;
+untouched reservations do not count). It is reported as a multiple of the input's bytes. Linux
+only. (``getrusage``'s ``ru_maxrss`` is not used: Linux carries it over from the parent across
+fork and exec, so a child of a large benchmark process would report the parent's peak.)
 
 ``python -m conformance.benchmarks.memory METHOD D DTYPE [--kernel]`` prints one JSON line.
 """
@@ -14,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -22,6 +23,19 @@ import sys
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the resident-set high-water mark (Linux >= 4.0)
+
+
+def _peak_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def _child(method: str, d: int, dtype_name: str, kernel: bool) -> dict[str, float]:
@@ -48,9 +62,10 @@ def _child(method: str, d: int, dtype_name: str, kernel: bool) -> dict[str, floa
             return weightshare.prox(x, 1.0, method=method)
 
         call(torch.randn(1000, dtype=dtype))
+    _reset_peak()
     before = _rss_bytes()
     out = call(y)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_bytes()
     del out
     return {
         "method": method,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.resources
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +52,14 @@ def test_version_matches_distribution_metadata() -> None:
 def test_packages_are_typed() -> None:
     for package in ("weightshare", "weightshare.reference"):
         assert importlib.resources.files(package).joinpath("py.typed").is_file(), package
+
+
+@pytest.mark.req("PKG-5")
+def test_readme_tour_runs_as_written() -> None:
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    if not readme.is_file():
+        pytest.skip("README.md is not beside this copy of the suite (installed-wheel run)")
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), flags=re.S)
+    assert blocks, "README.md has no python block"
+    for block in blocks:
+        exec(compile(block, str(readme), "exec"), {})

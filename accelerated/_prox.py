@@ -317,9 +317,10 @@ def prox_many(
     r""":func:`prox` of several tensors in one fused pass (one validation read, one dispatch).
 
     The tensors never interact: each is its own vector (``dim=None``) or batch of vectors. On the
-    host path all vectors are spread over one thread pool; on the torch path vectors of equal
-    length, dtype and device are stacked into one batched call. Differentiable like :func:`prox`
-    when grad mode is on and an input requires grad (then it runs one :func:`prox` per tensor).
+    host path all vectors are spread over one thread pool; on the torch path the vectors of one
+    dtype and device, of any lengths, are padded into one batch: one sort and one kernel call.
+    Differentiable like :func:`prox` when grad mode is on and an input requires grad (then it
+    runs one :func:`prox` per tensor).
 
     Args:
         tensors: real floating tensors (any shapes, dtypes, devices).
@@ -389,31 +390,73 @@ def _prox_many_unchecked(
     groups: dict[tuple, list[int]] = {}
     for i, m in enumerate(methods):
         if results[i] is None and rows[i].numel():
-            key = (m, rows[i].shape[1], rows[i].dtype, rows[i].device)
-            groups.setdefault(key, []).append(i)
-    for (m, _, _, _), members in groups.items():
-        stacked = torch.cat([rows[i] for i in members])
-        lam_cat: float | torch.Tensor
-        if all(not isinstance(lam_rows[i], torch.Tensor) for i in members) and (
-            len({lam_rows[i] for i in members}) == 1
-        ):
-            lam_cat = lam_rows[members[0]]
-        else:
-            lam_cat = torch.cat(
-                [
-                    torch.as_tensor(lam_rows[i], dtype=torch.float64, device=stacked.device)
-                    .reshape(-1, 1)
-                    .expand(rows[i].shape[0], 1)
-                    for i in members
-                ]
-            )
-        out, _, _ = _forward_rows(stacked, lam_cat, m)
-        for i, part in zip(members, out.split([rows[i].shape[0] for i in members]), strict=True):
-            results[i] = _unrows(part, tensors[i].shape, dims[i]).contiguous()
+            groups.setdefault((m, rows[i].dtype, rows[i].device), []).append(i)
+    for (m, _, _), members in groups.items():
+        outs = _forward_packed([rows[i] for i in members], [lam_rows[i] for i in members], m)
+        for i, out in zip(members, outs, strict=True):
+            results[i] = _unrows(out, tensors[i].shape, dims[i]).contiguous()
     for i, r in enumerate(results):
         if r is None:  # empty tensors
             results[i] = tensors[i].detach().clone()
     return results  # type: ignore[return-value]
+
+
+def _forward_packed(
+    rows: list[torch.Tensor], lams: list[float | torch.Tensor], method: str
+) -> list[torch.Tensor]:
+    """Prox of several ``(B_i, d_i)`` row sets of one dtype and device in one kernel call.
+
+    Every row is padded to the longest length D with its own maximum, sorted (stably, so the
+    padding stays behind the real entries), given the ramp of its own length, and its sorted
+    tail is padded with the largest real value of ``z``, which leaves the isotonic solution of the
+    real part unchanged (the hull-algorithm padding argument). One sort and one kernel call over
+    ``(sum B_i, D)``; then every row's first ``d_i`` outputs are unsorted back.
+    """
+    device = rows[0].device
+    lengths = [r.shape[1] for r in rows]
+    if len(set(lengths)) == 1:  # nothing to pad
+        lam_cat = _stack_lams(rows, lams)
+        out, _, _ = _forward_rows(torch.cat(rows), lam_cat, method)
+        return list(out.split([r.shape[0] for r in rows]))
+    width = max(lengths)
+    padded = torch.cat(
+        [
+            torch.cat([r, r.amax(1, keepdim=True).expand(r.shape[0], width - d)], dim=1)
+            for r, d in zip(rows, lengths, strict=True)
+        ]
+    )
+    d_row = torch.cat(
+        [
+            torch.full((r.shape[0], 1), d, dtype=torch.float64, device=device)
+            for r, d in zip(rows, lengths, strict=True)
+        ]
+    )
+    xs, perm = torch.sort(padded, dim=1, stable=True)
+    k = torch.arange(width, dtype=torch.float64, device=device)
+    real = k < d_row
+    ramp = torch.where(real, (2.0 * k - (d_row - 1)) / (d_row - 1).clamp_min(1.0), 0.0)
+    z = xs.to(torch.float64) - _stack_lams(rows, lams) * ramp
+    top = torch.where(real, z, -torch.inf).amax(1, keepdim=True)
+    z = kernel(method)(torch.where(real, z, top).contiguous())
+    out = torch.zeros_like(padded).scatter(1, perm, z.to(padded.dtype))
+    return [
+        part[:, :d] for part, d in zip(out.split([r.shape[0] for r in rows]), lengths, strict=True)
+    ]
+
+
+def _stack_lams(rows: list[torch.Tensor], lams: list[float | torch.Tensor]) -> float | torch.Tensor:
+    """One float when every strength is the same float, else a float64 ``(sum B_i, 1)`` column."""
+    if all(not isinstance(lam, torch.Tensor) for lam in lams) and len(set(lams)) == 1:
+        return lams[0]  # type: ignore[return-value]
+    device = rows[0].device
+    return torch.cat(
+        [
+            torch.as_tensor(lam, dtype=torch.float64, device=device)
+            .reshape(-1, 1)
+            .expand(r.shape[0], 1)
+            for r, lam in zip(rows, lams, strict=True)
+        ]
+    )
 
 
 def _host_many(rows: list[torch.Tensor], lams: list[float | torch.Tensor]) -> list[torch.Tensor]:

@@ -607,3 +607,31 @@ def test_soft_threshold(v: np.ndarray, t: float) -> None:
     np.testing.assert_array_equal(x.grad.numpy()[smooth], (np.abs(v) > t)[smooth].astype(float))
     per_entry = weightshare.soft_threshold(x.detach().float(), torch.full(v.shape, t))
     assert per_entry.dtype == torch.float32
+
+
+@pytest.mark.req("PROX-13")
+@pytest.mark.parametrize("method", ("hull", "search", "rounds"))
+def test_prox_many_is_one_kernel_call_per_dtype(method: str, monkeypatch) -> None:
+    need(method)
+    from weightshare import _prox
+
+    calls = []
+    real_kernel = _prox.kernel
+
+    def counting(name):  # type: ignore[no-untyped-def]
+        calls.append(name)
+        return real_kernel(name)
+
+    monkeypatch.setattr(_prox, "kernel", counting)
+    g = torch.Generator().manual_seed(1)
+    tensors = [
+        torch.randn(*shape, generator=g, dtype=torch.float64)
+        for shape in [(4, 9), (17,), (2, 3), (1,)]
+    ]
+    tensors.append(torch.randn(5, generator=g))  # a second dtype: a second call
+    lams = [0.4, 3.0, 0.0, 1.0, 0.2]
+    got = weightshare.prox_many(tensors, lams, method=method)
+    assert calls == [method, method]
+    for t, lam, out in zip(tensors, lams, got, strict=True):
+        tol = 1e-9 * (t.abs().max().item() + lam) + 2e-7 * (t.dtype == torch.float32)
+        torch.testing.assert_close(out, weightshare.prox(t, lam, method="pava"), rtol=0, atol=tol)

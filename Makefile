@@ -58,17 +58,18 @@ matrix: install
 ## Build the wheel, install it into a fresh venv and run a copy of some conformance tests
 ## outside the source tree (as geotorch's CI does).
 wheel-check: install
-	rm -rf dist build /tmp/weightshare-wheel
+	rm -rf dist
 	$(PY) -m build --wheel --no-isolation --outdir dist . > /dev/null
-	$(PYTHON) -m venv /tmp/weightshare-wheel/venv
-	/tmp/weightshare-wheel/venv/bin/pip install --quiet -c constraints.txt \
-		"$$(ls dist/*.whl)[reference]" pytest hypothesis
-	mkdir -p /tmp/weightshare-wheel/tests/conformance
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/pip" install --quiet -c constraints.txt "$$(ls dist/*.whl)[reference]" \
+		pytest hypothesis; \
+	mkdir -p "$$tmp/tests/conformance"; \
 	cp conformance/__init__.py conformance/conftest.py conformance/strategies.py \
 		conformance/test_penalty.py conformance/test_prox.py conformance/test_installed.py \
-		/tmp/weightshare-wheel/tests/conformance/
-	cd /tmp/weightshare-wheel/tests && ./../venv/bin/python -m pytest -q -p no:cacheprovider \
-		-W error -o addopts="" conformance
+		"$$tmp/tests/conformance/"; \
+	cd "$$tmp/tests" && "$$tmp/venv/bin/python" -m pytest -q -p no:cacheprovider -W error \
+		-o addopts="" conformance
 
 clean:
 	rm -rf site dist build bench.json .pytest_cache .hypothesis

@@ -59,13 +59,3 @@ def random_locality(
     c, h, w = image_shape
     rows = torch.randn(units, c * h * w, generator=torch.Generator().manual_seed(0))
     return conv_likeness(rows, image_shape, window, circular)
-
-
-def num_distinct_values(weight: torch.Tensor, decimals: int = 8) -> int:
-    """Distinct values after rounding to ``decimals`` (the official WSR code's 1e-8 rounding)."""
-    return int(torch.unique(torch.round(weight.detach().double(), decimals=decimals)).numel())
-
-
-def zero_fraction(weight: torch.Tensor, tol: float = 1e-8) -> float:
-    """Share of entries with ``|w| <= tol`` (the official WSR sparsity measure)."""
-    return float((weight.detach().abs() <= tol).double().mean())

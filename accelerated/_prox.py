@@ -22,7 +22,7 @@ _HOST_DTYPES = (torch.float32, torch.float64)
 
 
 def check_method(method: str) -> None:
-    """ValueError unless ``method`` is one of "pava", "rounds", "search", "hull", "auto"."""
+    """ValueError unless ``method`` is "auto" or one of the isotonic kernels' names."""
     if not isinstance(method, str) or method not in _ALL_METHODS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(_ALL_METHODS)}")
 
@@ -41,20 +41,37 @@ def _available(method: str) -> bool:
 
 
 def resolve_method(method: str, v: torch.Tensor) -> str:
-    """The method "auto" stands for: host PAVA for eager CPU tensors, else "hull" (or fallbacks).
+    """The method "auto" stands for (spec PROX-13; the algorithms page justifies the rule).
 
-    "Eager" excludes ``torch.compile`` tracing, CUDA graph capture and functorch transforms, where
-    the host path cannot run; there and on CUDA "auto" picks the first available of "hull",
-    "search", "rounds" (else "pava").
+    Eager CPU tensors: host PAVA. CUDA tensors: "triton" (a few fused kernels per level) when
+    Triton is importable. Elsewhere, and as the fallback, the sync-free torch-op kernel with the
+    fewest launches: the first available of "hull", "search", "rounds" (else "pava"). "Eager"
+    excludes ``torch.compile`` tracing, CUDA graph capture and functorch transforms, where the
+    host path cannot run.
     """
     if method != "auto":
         return method
     if v.device.type == "cpu" and val.should_validate(v):
         return "pava"
+    if v.device.type == "cuda" and _available("triton"):
+        return "triton"
     for candidate in ("hull", "search", "rounds"):
         if _available(candidate):
             return candidate
     return "pava"
+
+
+def check_device(method: str, v: torch.Tensor) -> None:
+    """Errors for a method that cannot run on ``v``'s device ("triton": CUDA or the interpreter)."""
+    if method != "triton":
+        return
+    try:
+        from ._isotonic import triton_hull
+    except ImportError as e:
+        raise ImportError(
+            "method='triton' needs the triton package (it ships with torch's CUDA builds)"
+        ) from e
+    triton_hull.check_device(v)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,15 +120,23 @@ def _lam_rows(lam: val.Lam, t: torch.Tensor, dim: int | None) -> float | torch.T
 
 
 def _forward_rows(
-    rows: torch.Tensor, lam: float | torch.Tensor, method: str
+    rows: torch.Tensor, lam: float | torch.Tensor, method: str, with_z: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Prox of each row: (output rows, sort permutation, sorted float64 prox values)."""
+    """Prox of each row: (output rows, sort permutation, sorted float64 prox values).
+
+    "triton" fuses the whole pipeline; without ``with_z`` its third output is empty.
+    """
     d = rows.shape[1]
     if method == "pava":
         return _forward_rows_host(rows, lam)
+    active = d > 1 and (isinstance(lam, torch.Tensor) or lam != 0.0)
+    if method == "triton" and active:
+        from ._isotonic.triton_hull import prox_rows_triton
+
+        return prox_rows_triton(rows, lam, with_z)
     xs, perm = torch.sort(rows, dim=1)
     z = xs.to(torch.float64)
-    if d > 1 and (isinstance(lam, torch.Tensor) or lam != 0.0):
+    if active:
         z = z - lam * _ramp(d, rows.device)
         z = kernel(method)(z.contiguous())
     out = torch.zeros_like(rows).scatter(1, perm, z.to(rows.dtype))
@@ -142,13 +167,13 @@ def _forward_rows_host(
 
 
 def _forward(
-    v: torch.Tensor, lam: float | torch.Tensor, dim: int | None, method: str
+    v: torch.Tensor, lam: float | torch.Tensor, dim: int | None, method: str, with_z: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     rows = _rows(v, dim)
     if rows.numel() == 0:
         empty = torch.zeros(rows.shape, dtype=torch.int64, device=v.device)
         return v.clone(), empty, empty.to(torch.float64)
-    out, perm, zs = _forward_rows(rows, lam, method)
+    out, perm, zs = _forward_rows(rows, lam, method, with_z)
     return _unrows(out, v.shape, dim).contiguous(), perm, zs
 
 
@@ -230,12 +255,19 @@ def _prox_unchecked(
     if dim is not None:
         dim = dim % max(v.dim(), 1)
     method = resolve_method(method, v)
-    return _Prox.apply(v, _lam_rows(lam, v, dim), dim, method)[0]
+    lam_rows = _lam_rows(lam, v, dim)
+    if method == "triton" and not (
+        torch.is_grad_enabled()
+        and (v.requires_grad or (isinstance(lam, torch.Tensor) and lam.requires_grad))
+    ):  # no backward pass: skip the float64 copy of the result it would need
+        return _forward(v, lam_rows, dim, method, with_z=False)[0]
+    return _Prox.apply(v, lam_rows, dim, method)[0]
 
 
 def _validate(v: torch.Tensor, lam: val.Lam, dim: int | None, method: str) -> int | None:
     val.check_float(v, "v")
     check_method(method)
+    check_device(method, v)
     dim = val.normalize_dim(v, dim)
     val.check_lam_value(lam, v, dim)
     if val.should_validate(v):
@@ -256,7 +288,8 @@ def prox(
         lam: the strength λ ≥ 0: a float, or a tensor broadcastable to the batch shape (the
             shape of ``v`` without ``dim``; ``()`` for ``dim=None``).
         dim: None: the whole tensor is one vector; an int: each slice along ``dim`` is a vector.
-        method: "auto", "pava", "rounds", "search" or "hull" (the isotonic-regression algorithm).
+        method: "auto", "pava", "rounds", "search", "hull" or "triton" (the
+            isotonic-regression algorithm; "triton" needs CUDA tensors).
 
     Returns:
         A new tensor with the shape, dtype and device of ``v``.
@@ -285,7 +318,7 @@ def prox_(
         v: a real floating tensor (e.g. a ``nn.Parameter``); unchanged if an error is raised.
         lam: the strength λ ≥ 0 (float or tensor broadcastable to the batch shape).
         dim: None (whole tensor) or the dimension along which the vectors lie.
-        method: "auto", "pava", "rounds", "search" or "hull".
+        method: "auto", "pava", "rounds", "search", "hull" or "triton".
 
     Returns:
         ``v`` itself.
@@ -326,7 +359,7 @@ def prox_many(
         tensors: real floating tensors (any shapes, dtypes, devices).
         lams: one strength for all, or a sequence with one float/tensor per tensor.
         dim: applied to every tensor: None (whole tensor) or the vector dimension.
-        method: "auto", "pava", "rounds", "search" or "hull".
+        method: "auto", "pava", "rounds", "search", "hull" or "triton".
 
     Returns:
         A list of new tensors, in the order of ``tensors``.
@@ -353,6 +386,7 @@ def prox_many(
     dims = []
     for i, (t, lam) in enumerate(zip(tensors, lam_list, strict=True)):
         val.check_float(t, f"tensors[{i}]")
+        check_device(method, t)
         dims.append(val.normalize_dim(t, dim))
         val.check_lam_value(lam, t, dims[-1], f"lams[{i}]")
     checked = [i for i, t in enumerate(tensors) if val.should_validate(t)]
@@ -462,7 +496,7 @@ def _stack_lams(rows: list[torch.Tensor], lams: list[float | torch.Tensor]) -> f
 def _host_many(rows: list[torch.Tensor], lams: list[float | torch.Tensor]) -> list[torch.Tensor]:
     """Host-path prox of several (B_i, d_i) matrices: large ones one by one (each using every
     thread), the small ones spread over the thread pool."""
-    from ._isotonic import pool, threads
+    from ._isotonic.pava import pool, threads
 
     large = [i for i, r in enumerate(rows) if r.numel() >= SPLIT_MIN // 2 or threads() == 1]
     small = [i for i in range(len(rows)) if i not in set(large)]

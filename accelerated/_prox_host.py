@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from ._isotonic import parallel_rows, pava_row_, pool, threads
+from ._isotonic.pava import parallel_rows, pava_row_, pool, threads
 
 #: From this length on, a single vector is sorted as several buckets on several threads.
 SPLIT_MIN = 1 << 18

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ._isotonic_common import check_rows
+from .common import check_rows
 
 
 def isotonic_rounds(y: torch.Tensor) -> torch.Tensor:

@@ -1,14 +1,11 @@
-"""Row-wise non-decreasing isotonic regression: method dispatch and the sequential "pava" path.
+"""The sequential "pava" kernel: SciPy's C++ pool-adjacent-violators on host memory.
 
-Contract shared by every method: ``y`` is a contiguous ``(B, n)`` float32/float64 tensor with
-n ≥ 1 on any device; the result is a new ``(B, n)`` tensor of the same dtype and device holding the
-unit-weight isotonic regression of each row. "rounds", "search" and "hull" live in their own
-modules, imported on first use; "pava" runs SciPy's C++ PAVA on the host.
+Rows are spread over a process-wide thread pool (NumPy and SciPy release the GIL in their
+kernels); CUDA tensors are copied to the host and back.
 """
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import os
 from collections.abc import Callable
@@ -17,45 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-#: Methods accepted by ``isotonic`` (and, with "auto", by the prox).
-METHODS = ("pava", "rounds", "search", "hull")
-_MODULES = {
-    "rounds": ("._isotonic_rounds", "isotonic_rounds"),
-    "search": ("._isotonic_search", "isotonic_search"),
-    "hull": ("._isotonic_hull", "isotonic_hull"),
-}
-
-
-_KERNELS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
-
-
-def _load(method: str) -> None:
-    module, name = _MODULES[method]
-    _KERNELS[method] = getattr(importlib.import_module(module, __package__), name)
-
-
-def kernel(method: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The ``(B, n) -> (B, n)`` function of a method; ImportError if its module is missing.
-
-    The modules present are imported with this one (a plain dict lookup is all ``torch.compile``
-    has to trace); a missing one is retried on each eager call.
-    """
-    if method == "pava":
-        return isotonic_pava
-    if method not in _MODULES:
-        raise ValueError(f"unknown method {method!r}; valid: {', '.join((*METHODS, 'auto'))}")
-    if method not in _KERNELS:
-        _load(method)
-    return _KERNELS[method]
-
-
-def isotonic(y: torch.Tensor, method: str) -> torch.Tensor:
-    """Isotonic regression of each row of a ``(B, n)`` tensor with the named method."""
-    return kernel(method)(y)
-
-
-# ---------------------------------------------------------------------------------------------
-# "pava": SciPy's C++ pool-adjacent-violators on host memory, rows spread over threads.
 
 try:  # the in-place kernel behind scipy.optimize.isotonic_regression (SciPy >= 1.12)
     from scipy.optimize._pava_pybind import pava as _scipy_pava
@@ -123,10 +81,3 @@ def isotonic_pava(y: torch.Tensor) -> torch.Tensor:
     host = y.detach().to("cpu", torch.float64, copy=True).contiguous()
     pava_rows_(host.numpy())
     return host.to(y.device, y.dtype)
-
-
-for _method in _MODULES:
-    try:
-        _load(_method)
-    except ImportError:  # not written yet, or an optional dependency is missing
-        pass

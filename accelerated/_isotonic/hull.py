@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from ._isotonic_common import ceil_log2, check_rows, edge_slopes, prefix_sums
+from .common import ceil_log2, check_rows, edge_slopes, prefix_sums
 
 #: at most this many bytes of bridge-search temporaries per point: low levels, which have many
 #: small blocks, search their bridges in a few chunks of blocks (a constant number of extra ops)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ._isotonic_common import ceil_log2, check_rows, prefix_sums, previous_vertex, slopes
+from .common import ceil_log2, check_rows, prefix_sums, previous_vertex, slopes
 
 
 def _first_end(

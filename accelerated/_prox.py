@@ -41,7 +41,7 @@ def _available(method: str) -> bool:
 
 
 def resolve_method(method: str, v: torch.Tensor) -> str:
-    """The method "auto" stands for (spec PROX-13; the algorithms page justifies the rule).
+    """The method "auto" stands for (spec PROX-16; the algorithms page explains the rule).
 
     Eager CPU tensors: host PAVA. CUDA tensors: "triton" (a few fused kernels per level) when
     Triton is importable. Elsewhere, and as the fallback, the sync-free torch-op kernel with the

@@ -30,6 +30,23 @@ else:
     settings.load_profile("dev")
 
 
+def _interpret_triton() -> None:
+    """Without CUDA, Triton kernels run on CPU tensors in Triton's interpreter.
+
+    The variable is read when a kernel is defined, so it is set before any test imports
+    weightshare's Triton module (imported on first use).
+    """
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - the reference suite runs without torch
+        return
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+_interpret_triton()
+
+
 def _devices() -> list[str]:
     try:
         import torch

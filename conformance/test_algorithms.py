@@ -19,7 +19,8 @@ from conformance.strategies import KINDS, vectors
 from weightshare import _isotonic
 from weightshare.reference import pava
 
-KERNELS = ("rounds", "search", "hull")
+KERNELS = ("rounds", "search", "hull", "triton")
+#: the torch-op kernels whose every op is visible to the op counter (also on the meta device)
 SYNC_FREE = ("search", "hull")
 #: op budgets C in ops <= C * log2(d)^2 (fitted on the measured table, with headroom)
 OP_BUDGET = {"search": 20.0, "hull": 60.0}
@@ -54,7 +55,17 @@ def expected(y: np.ndarray) -> np.ndarray:
     return np.stack([pava(r) for r in y])
 
 
+def need(method: str, device: str) -> None:
+    """Skip "triton" on CPU tensors unless its kernels were defined for Triton's interpreter."""
+    if method == "triton" and device == "cpu":
+        from weightshare._isotonic import triton_hull
+
+        if not triton_hull.INTERPRET:
+            pytest.skip("Triton kernels run on CPU tensors only under TRITON_INTERPRET=1")
+
+
 def check(method: str, y: np.ndarray, dtype: torch.dtype, device: str) -> None:
+    need(method, device)
     x = torch.from_numpy(y).to(dtype=dtype, device=device)
     out = _isotonic.kernel(method)(x)
     assert out.shape == x.shape and out.dtype == dtype and out.device == x.device
@@ -83,6 +94,7 @@ def test_kernels_equal_pava(method: str, dtype: torch.dtype, device: str, y: np.
 @pytest.mark.req("ALG-6")
 @pytest.mark.parametrize("method", KERNELS)
 def test_rows_are_independent(method: str, device: str) -> None:
+    need(method, device)
     rng = np.random.default_rng(7)
     y = np.stack([rng.normal(size=33), np.full(33, 1e6), chain_y(33, 1.0), -np.arange(33.0)])
     x = torch.from_numpy(y).to(device)
@@ -93,11 +105,12 @@ def test_rows_are_independent(method: str, device: str) -> None:
 
 
 @pytest.mark.req("ALG-2", "ALG-7")
-@pytest.mark.parametrize("method", SYNC_FREE)
+@pytest.mark.parametrize("method", (*SYNC_FREE, "triton"))
 @pytest.mark.parametrize("n", [1, 2, 3, 4096, 5000])
 def test_large_rows_match_scipy(method: str, n: int) -> None:
     from scipy.optimize import isotonic_regression
 
+    need(method, "cpu")
     rng = np.random.default_rng(n)
     y = rng.normal(size=(3, n)) * 5 + np.linspace(0, 20, n)
     y[1] = np.repeat(rng.integers(-3, 3, size=n // 4 + 1), 4)[:n]  # long runs of ties
@@ -109,6 +122,7 @@ def test_large_rows_match_scipy(method: str, n: int) -> None:
 @pytest.mark.req("ALG-12")
 @pytest.mark.parametrize("method", KERNELS)
 def test_bad_input_is_rejected(method: str) -> None:
+    need(method, "cpu")
     fn = _isotonic.kernel(method)
     with pytest.raises(ValueError, match=r"\(5,\)"):
         fn(torch.zeros(5))
@@ -265,3 +279,132 @@ def test_benchmark_bodies_run() -> None:
     for case in bench.smoke_cases():
         out = case.run()
         assert out is not None, case.name
+
+
+# ---------------------------------------------------------------------------------------------
+# "triton": launches, edge cases, integration (in Triton's interpreter without CUDA)
+
+
+@pytest.mark.req("ALG-13")
+@pytest.mark.parametrize("d", depth.TRITON_SIZES)
+def test_triton_launches_within_budget(d: int) -> None:
+    need("triton", "cpu")
+    ops, names = depth.measure_triton(d)
+    levels = math.ceil(math.log2(d))
+    # per level from 2 on: one bridge search and one splice; then prepare, final bridge, slopes
+    assert len(names) == 2 * (levels - 1) + 3, names
+    assert ops.syncs == 0, ops.by_name
+    assert ops.ops + len(names) <= depth.launch_budget(d), (ops.by_name, names)
+
+
+@pytest.mark.req("ALG-13")
+@pytest.mark.parametrize("d", [2, 3, 64, 1000])
+def test_triton_launches_depend_on_shape_only(d: int) -> None:
+    """The recorded (not run) launch sequence is the one a real run makes, on any data."""
+    need("triton", "cpu")
+    real_ops, real_names = depth.measure_triton(d, run=True)
+    dry_ops, dry_names = depth.measure_triton(d, run=False)
+    assert real_names == dry_names
+    assert real_ops.by_name == dry_ops.by_name
+    from weightshare._isotonic import triton_hull
+    from weightshare._prox import _prox_unchecked
+
+    other = torch.from_numpy(np.random.default_rng(d).normal(size=d))
+    with triton_hull.record_launches() as names, depth.OpCounter() as ops:
+        _prox_unchecked(other, 0.3, 0, "triton")
+    assert names == real_names and ops.by_name == real_ops.by_name
+
+
+@pytest.mark.req("ALG-11", "ALG-13")
+def test_published_launch_table_is_current() -> None:
+    need("triton", "cpu")
+    committed = depth.LAUNCH_SNIPPET.read_text(encoding="utf-8")
+    assert committed == depth.render_launches(), (
+        "spec/_snippets/launches.md is stale: run "
+        "TRITON_INTERPRET=1 python -m conformance.benchmarks.depth --write"
+    )
+
+
+def _triton_cases() -> list[tuple[str, np.ndarray, float]]:
+    rng = np.random.default_rng(11)
+    return [
+        ("random", rng.normal(size=257), 0.4),
+        ("ties", np.repeat(rng.integers(-3, 3, size=40), 5).astype(float), 0.3),
+        ("all equal", np.full(100, 2.5), 1.0),
+        ("descending", -np.arange(128.0), 0.7),
+        ("chain", depth.chain_rows(200, 1.0)[0], 1.0),
+        ("huge lambda", rng.normal(size=77), 1e8),
+        ("tiny lambda", rng.normal(size=77), 1e-12),
+        ("one pair", np.array([1.0, 0.0]), 2.0),
+    ]
+
+
+@pytest.mark.req("ALG-13", "ALG-2")
+@pytest.mark.parametrize("case", _triton_cases(), ids=lambda c: c[0])
+def test_triton_prox_edge_cases(case: tuple[str, np.ndarray, float], device: str) -> None:
+    need("triton", device)
+    from weightshare.reference import prox_pava
+
+    _, v, lam = case
+    prox, _ = _prox_api()
+    got = prox(torch.from_numpy(v).to(device), lam, method="triton").cpu().numpy()
+    want = prox_pava(v, lam)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-9 * (np.abs(v).max() + lam))
+
+
+@pytest.mark.req("ALG-13")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_triton_rounds_like_torch(dtype: torch.dtype, device: str) -> None:
+    """Low-precision results are the float64 result rounded as ``Tensor.to`` rounds it."""
+    need("triton", device)
+    prox, _ = _prox_api()
+    x = torch.randn(4, 300, generator=torch.Generator().manual_seed(3)).to(dtype).to(device)
+    got = prox(x, 0.05, dim=1, method="triton")
+    want = prox(x.double(), 0.05, dim=1, method="triton").to(dtype)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.req("ALG-13")
+def test_triton_needs_cuda_or_the_interpreter() -> None:
+    """Without the interpreter a CPU tensor is an error naming CUDA and TRITON_INTERPRET."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    code = (
+        "import torch, weightshare as ws\n"
+        "x = torch.ones(4)\n"
+        "try:\n"
+        "    ws.prox(x, 0.1, method='triton')\n"
+        "except ValueError as e:\n"
+        "    print('ERR', e)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.startswith("ERR") and "CUDA" in out and "TRITON_INTERPRET" in out, out
+
+
+@pytest.mark.req("ALG-10", "ALG-13")
+# torch 2.13's dynamo itself warns when it traces any autograd.Function (not our code)
+@pytest.mark.filterwarnings(
+    "ignore:<class 'torch.autograd.function.Function'> should not be instantiated"
+    ":DeprecationWarning"
+)
+def test_triton_prox_compiles_fullgraph(device: str) -> None:
+    """One graph: the custom ops are traceable (under the interpreter, as opaque ops)."""
+    need("triton", device)
+    prox, _ = _prox_api()
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    backend = CompileCounterWithBackend("aot_eager" if device == "cpu" else "inductor")
+    fn = torch.compile(lambda v: prox(v, 0.5, method="triton"), backend=backend, fullgraph=True)
+    v = torch.from_numpy(np.random.default_rng(1).normal(size=64)).to(device)
+    torch.testing.assert_close(fn(v), prox(v, 0.5, method="hull"), rtol=1e-12, atol=1e-12)
+    assert backend.frame_count == 1
+    iso = torch.compile(_isotonic.kernel("triton"), backend=backend, fullgraph=True)
+    y = v.view(2, 32)
+    torch.testing.assert_close(iso(y), _isotonic.kernel("hull")(y), rtol=1e-12, atol=1e-12)

@@ -13,7 +13,7 @@ from conformance.strategies import batches, chain, lams, vectors
 from weightshare import _prox, reference
 from weightshare import _validation as validation
 
-ALL_METHODS = ("pava", "rounds", "search", "hull", "auto")
+ALL_METHODS = ("pava", "rounds", "search", "hull", "triton", "auto")
 FLOATS = (torch.float64, torch.float32)
 #: the ``device`` fixture is a constant string, safe to share between hypothesis examples
 with_device = settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -25,10 +25,15 @@ with_device = settings(suppress_health_check=[HealthCheck.function_scoped_fixtur
 CVXPY_ATOL = 1e-4
 
 
-def need(method: str) -> None:
-    """Skip a method whose module (written by the algorithms engineer) is not there yet."""
+def need(method: str, device: str = "cpu") -> None:
+    """Skip a method whose module is missing, or "triton" on CPU tensors without its interpreter."""
     if method not in ("pava", "auto") and not _prox._available(method):
-        pytest.skip(f"method {method!r}: module weightshare._isotonic_{method} is not present")
+        pytest.skip(f"method {method!r}: module weightshare._isotonic.{method} is not importable")
+    if method == "triton" and device == "cpu":
+        from weightshare._isotonic import triton_hull
+
+        if not triton_hull.INTERPRET:
+            pytest.skip("Triton kernels run on CPU tensors only under TRITON_INTERPRET=1")
 
 
 def scale(v: np.ndarray, lam: float) -> float:
@@ -200,7 +205,7 @@ def test_nonexpansive(data: st.DataObject, d: int, lam: float) -> None:
 def test_torch_matches_reference(
     v: np.ndarray, lam: float, dtype: torch.dtype, method: str, device: str
 ) -> None:
-    need(method)
+    need(method, device)
     x = torch.from_numpy(v).to(dtype=dtype, device=device)
     before = x.clone()
     got = weightshare.prox(x, lam, method=method)
@@ -210,14 +215,14 @@ def test_torch_matches_reference(
 
 
 @pytest.mark.req("PROX-10")
-@pytest.mark.parametrize("method", ("pava", "auto", "hull"))
+@pytest.mark.parametrize("method", ("pava", "auto", "hull", "triton"))
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
 @given(v=vectors(kind="random"), lam=lams())
 @with_device
 def test_half_precision(
     v: np.ndarray, lam: float, dtype: torch.dtype, method: str, device: str
 ) -> None:
-    need(method)
+    need(method, device)
     x = torch.from_numpy(v).to(dtype=dtype, device=device)
     got = weightshare.prox(x, lam, method=method)
     assert got.dtype == dtype
@@ -263,14 +268,14 @@ def test_small_d_and_zero_lambda(method: str) -> None:
 
 
 @pytest.mark.req("PROX-12")
-@pytest.mark.parametrize("method", ("pava", "auto", "hull"))
+@pytest.mark.parametrize("method", ("pava", "auto", "hull", "triton"))
 @pytest.mark.parametrize("dim", [0, 1, -1, None])
 @given(b=batches(), lam=lams(), per_row=st.booleans())
 @with_device
 def test_batched_dim(
     b: np.ndarray, lam: float, per_row: bool, dim: int | None, method: str, device: str
 ) -> None:
-    need(method)
+    need(method, device)
     x = torch.from_numpy(b).to(device)
     if dim is None:
         got = weightshare.prox(x, lam, method=method)
@@ -300,10 +305,10 @@ def test_lam_broadcasts_to_the_batch_shape() -> None:
 
 
 @pytest.mark.req("PROX-13")
-@pytest.mark.parametrize("method", ("pava", "auto", "hull", "search", "rounds"))
+@pytest.mark.parametrize("method", ("pava", "auto", "hull", "search", "rounds", "triton"))
 @pytest.mark.parametrize("dim", [None, 1])
 def test_prox_many(method: str, dim: int | None, device: str) -> None:
-    need(method)
+    need(method, device)
     g = torch.Generator().manual_seed(0)
     tensors = [
         torch.randn(6, 5, generator=g, dtype=torch.float64),
@@ -398,7 +403,7 @@ def margin(v: np.ndarray, lam: float) -> float:
 
 
 @pytest.mark.req("PROX-9")
-@pytest.mark.parametrize("method", ("pava", "auto", "hull"))
+@pytest.mark.parametrize("method", ("pava", "auto", "hull", "triton"))
 @settings(max_examples=10, deadline=None)
 @given(v=vectors(min_size=1, max_size=12, kind="random"), lam=st.floats(0.01, 3.0))
 def test_gradcheck(v: np.ndarray, lam: float, method: str) -> None:
@@ -464,7 +469,7 @@ def test_auto_rule_and_method_names() -> None:
     torch.func.vmap(record)(torch.zeros(2, 3))
     fallback = next((m for m in ("hull", "search", "rounds") if _prox._available(m)), "pava")
     assert seen == [fallback]
-    with pytest.raises(ValueError, match="pava, rounds, search, hull, auto"):
+    with pytest.raises(ValueError, match="pava, rounds, search, hull, triton, auto"):
         weightshare.prox(cpu, 0.1, method="fast")
 
 
@@ -504,7 +509,7 @@ def test_validation_skipped_in_transforms() -> None:
 
 
 @pytest.mark.req("PROX-17")
-@pytest.mark.parametrize("method", ("search", "hull"))
+@pytest.mark.parametrize("method", ("search", "hull", "triton"))
 def test_unchecked_pipeline_has_no_host_sync(method: str) -> None:
     need(method)
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -610,7 +615,7 @@ def test_soft_threshold(v: np.ndarray, t: float) -> None:
 
 
 @pytest.mark.req("PROX-13")
-@pytest.mark.parametrize("method", ("hull", "search", "rounds"))
+@pytest.mark.parametrize("method", ("hull", "search", "rounds", "triton"))
 def test_prox_many_is_one_kernel_call_per_dtype(method: str, monkeypatch) -> None:
     need(method)
     from weightshare import _prox
@@ -623,6 +628,16 @@ def test_prox_many_is_one_kernel_call_per_dtype(method: str, monkeypatch) -> Non
         return real_kernel(name)
 
     monkeypatch.setattr(_prox, "kernel", counting)
+    if method == "triton":  # a group of one length takes the fused whole-prox op
+        from weightshare._isotonic import triton_hull
+
+        fused = triton_hull.prox_rows_triton
+
+        def counting_fused(*args):  # type: ignore[no-untyped-def]
+            calls.append(method)
+            return fused(*args)
+
+        monkeypatch.setattr(triton_hull, "prox_rows_triton", counting_fused)
     g = torch.Generator().manual_seed(1)
     tensors = [
         torch.randn(*shape, generator=g, dtype=torch.float64)

@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-
 try:  # the in-place kernel behind scipy.optimize.isotonic_regression (SciPy >= 1.12)
     from scipy.optimize._pava_pybind import pava as _scipy_pava
 except ImportError:  # pragma: no cover - depends on the SciPy build

@@ -24,13 +24,15 @@ kernels); under the interpreter, where ``wrap_triton`` cannot trace, an opaque c
 same schema and a fake implementation stands in.
 """
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 import triton
 import triton.language as tl
+from torch.utils._python_dispatch import _disable_current_modes
 
 from .common import ceil_log2, check_rows
 
@@ -137,9 +139,13 @@ def _bridge_kernel(
         pc = _link(last_ptr, base, (lo_c + hi_c) >> 1, live, IDENTITY)
         # neighbours on the same hull; at a hull's end the probe itself (never "below")
         la = tl.maximum(_link(last_ptr, base, tl.maximum(pa - 1, 0), live, IDENTITY), lower_a)
-        ra = tl.minimum(_link(nxt_ptr, base, tl.minimum(pa + 1, width - 1), live, IDENTITY), upper_a)
+        ra = tl.minimum(
+            _link(nxt_ptr, base, tl.minimum(pa + 1, width - 1), live, IDENTITY), upper_a
+        )
         lc = tl.maximum(_link(last_ptr, base, pc - 1, live, IDENTITY), lower_c)
-        rc = tl.minimum(_link(nxt_ptr, base, tl.minimum(pc + 1, width - 1), live, IDENTITY), upper_c)
+        rc = tl.minimum(
+            _link(nxt_ptr, base, tl.minimum(pc + 1, width - 1), live, IDENTITY), upper_c
+        )
         sa = tl.load(s_ptr + base + pa, mask=live, other=0.0)
         dy_la = tl.load(s_ptr + base + la, mask=live, other=0.0) - sa
         dy_ra = tl.load(s_ptr + base + ra, mask=live, other=0.0) - sa
@@ -265,15 +271,43 @@ def _slopes_kernel(
 # ---------------------------------------------------------------------------------------------
 # Launching (every launch goes through here, so the benchmarks can count them)
 
-#: callbacks told the name of every kernel launched (the launch-count benchmark uses it)
-LAUNCH_HOOKS: list[Callable[[str], None]] = []
+_RECORDERS: list[tuple[list[str], bool]] = []
 
 
 def _launch(kernel: Any, total: int, block: int, *args: Any, **meta: Any) -> None:
-    for hook in LAUNCH_HOOKS:
-        hook(kernel.__name__ if hasattr(kernel, "__name__") else str(kernel))
-    kernel_w = kernel if INTERPRET else torch.library.wrap_triton(kernel)
-    kernel_w[(triton.cdiv(total, block),)](*args, BLOCK=block, **meta)
+    run = True
+    for names, launch in _RECORDERS:
+        names.append(kernel.fn.__name__)
+        run = run and launch
+    if not run:
+        return
+    grid = (triton.cdiv(total, block),)
+    if INTERPRET:  # the interpreter's own tensor copies are not device work: hide them
+        with _disable_current_modes():
+            kernel[grid](*args, BLOCK=block, **meta)
+    else:
+        torch.library.wrap_triton(kernel)[grid](*args, BLOCK=block, **meta)
+
+
+@contextlib.contextmanager
+def record_launches(run: bool = True) -> Iterator[list[str]]:
+    """Record the name of every Triton kernel launched inside the block (for the launch count).
+
+    Inside, the custom ops call their implementations directly, so a ``TorchDispatchMode`` also
+    sees the torch ops inside them (sort, mean, scan). With ``run=False`` nothing is launched:
+    the sequence of launches depends on the shapes only, so it is recorded without computing
+    (the outputs are then garbage).
+    """
+    global _isotonic_op, _prox_rows_op
+    names: list[str] = []
+    ops = _isotonic_op, _prox_rows_op
+    _RECORDERS.append((names, run))
+    _isotonic_op, _prox_rows_op = _isotonic_impl, _prox_rows_impl
+    try:
+        yield names
+    finally:
+        _RECORDERS.remove((names, run))
+        _isotonic_op, _prox_rows_op = ops
 
 
 def check_device(t: torch.Tensor) -> None:

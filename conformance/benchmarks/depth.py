@@ -5,8 +5,10 @@ gather, scatter, sort), so the number of ops one call dispatches, times O(log d)
 of the computation; a host synchronization additionally stalls the device queue. The counter is a
 ``TorchDispatchMode`` that sees every aten op below autograd.
 
-``python -m conformance.benchmarks.depth`` prints the table; ``--write`` regenerates
-``spec/_snippets/depth.md``, which ``conformance/test_algorithms.py`` checks is current.
+``python -m conformance.benchmarks.depth`` prints the tables; ``--write`` regenerates
+``spec/_snippets/depth.md`` and ``spec/_snippets/launches.md`` (the "triton" launch counts, taken
+in Triton's interpreter: run it with ``TRITON_INTERPRET=1`` on a machine without CUDA), which
+``conformance/test_algorithms.py`` checks are current.
 For "search" and "hull" the op sequence depends only on the shape, so "search" (whose CPU run is
 slow at large d) is counted on the ``meta`` device (no data, no arithmetic) and "hull" on a real
 CPU run; the conformance test checks that the meta count equals the real count and that another
@@ -71,6 +73,7 @@ _FREE = frozenset(
         "aten.split",
         "aten.lift_fresh",
         "aten.empty",
+        "aten.empty_like",
         "aten.empty_strided",
         "aten.sym_size",
         "aten.sym_stride",
@@ -194,14 +197,70 @@ def render(rows: list[Row]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------------------------------
+# "triton": device launches of one whole prox call
+
+LAUNCH_SNIPPET = ROOT / "spec" / "_snippets" / "launches.md"
+#: sizes of the published launch table (chain input)
+TRITON_SIZES = tuple(2**k for k in range(6, 17, 2))
+#: the kernels run (in the interpreter on a CPU) up to this size; beyond it the launch sequence,
+#: which depends on the shape only, is recorded without running them
+TRITON_RUN_MAX = 2**10
+
+
+def launch_budget(d: int) -> float:
+    """The issue's bound on the launches of one "triton" prox call: 2·log₂ d + 16."""
+    return 2 * math.log2(d) + 16
+
+
+@functools.cache
+def measure_triton(d: int, run: bool | None = None) -> tuple[OpCounter, list[str]]:
+    """(aten ops, Triton kernel names) of one ``prox(v, 1.0, method="triton")`` on the chain.
+
+    The custom-op boundary is removed while counting, so the torch ops inside it (sort, mean,
+    scan) are counted too; each counted aten op and each Triton kernel is one device launch.
+    """
+    from conformance.strategies import chain
+    from weightshare._isotonic import triton_hull
+    from weightshare._prox import _prox_unchecked
+
+    run = d <= TRITON_RUN_MAX if run is None else run
+    v = torch.from_numpy(chain(d, 1.0))
+    with triton_hull.record_launches(run) as names, OpCounter() as counter:
+        _prox_unchecked(v, 1.0, 0, "triton")
+    return counter, names
+
+
+def render_launches() -> str:
+    """The markdown table of the "triton" launch counts, beside "search" and "hull" ops."""
+    lines = [
+        "| d | triton: torch ops | triton: Triton kernels | triton: launches | 2·log₂d + 16 "
+        "| host syncs | search prox ops | hull prox ops |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for d in TRITON_SIZES:
+        ops, names = measure_triton(d)
+        search, hull = measure_prox("search", d), measure_prox("hull", d)
+        assert search is not None and hull is not None
+        lines.append(
+            f"| 2^{int(math.log2(d))} | {ops.ops} | {len(names)} | {ops.ops + len(names)} "
+            f"| {launch_budget(d):.0f} | {ops.syncs} | {search.ops} | {hull.ops} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true", help="rewrite spec/_snippets/depth.md")
+    parser.add_argument(
+        "--write", action="store_true", help="rewrite spec/_snippets/depth.md and launches.md"
+    )
     args = parser.parse_args(argv)
     text = render(table_rows())
+    launches = render_launches()
     if args.write:
         SNIPPET.write_text(text, encoding="utf-8")
-    sys.stdout.write(text)
+        LAUNCH_SNIPPET.write_text(launches, encoding="utf-8")
+    sys.stdout.write(text + "\n" + launches)
     return 0
 
 

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 EXTRAS := reference,experiments,docs,dev
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install test conformance docs docs-src serve-docs bench lint demo matrix wheel-check clean
+.PHONY: install test conformance docs docs-src serve-docs bench gpu-check lint demo matrix wheel-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ serve-docs: docs-src
 bench: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest conformance/benchmarks --benchmark-only --benchmark-json=bench.json -p no:randomly
 	$(PY) -m conformance.benchmarks.report bench.json
+
+## On a machine with CUDA and its own python3 (no venv, no cvxpy, no network; nothing installed):
+## the CUDA cases of the conformance suite, then the GPU benchmark; results in $(OUT).
+OUT ?= gpu-check-out
+gpu-check:
+	$(PYTHON) -m conformance.gpu_check --out $(OUT)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from . import _validation as val
+from ._deferred import DeferredCheck
 from .reference._args import check_nonneg_finite
 
 __all__ = ["Attachment", "attach"]
@@ -31,6 +33,15 @@ class Attachment:
     def __init__(self, optimizer: Optimizer) -> None:
         self._optimizer = weakref.ref(optimizer)
         self._hook = optimizer.register_step_post_hook(_step_hook)
+        self._deferred = DeferredCheck()
+
+    def check(self) -> None:
+        """Wait for the pending NaN/inf checks of CUDA parameters and raise if one failed.
+
+        On CUDA the step never reads a device value: a NaN/inf is reported by a later step once
+        its count has reached the host, or here at the latest.
+        """
+        self._deferred.poll(wait=True)
 
     def remove(self) -> None:
         """Unregister the hook and delete the ``wsr_*`` keys from the param groups."""
@@ -197,8 +208,20 @@ def attach(
     return handle
 
 
+def _screen(optimizer: Optimizer, tensors: list[Tensor]) -> None:
+    """NaN/inf check of the step's tensors: host tensors now, CUDA ones deferred (no sync)."""
+    names = [f"parameter {i} (shape {tuple(t.shape)})" for i, t in enumerate(tensors)]
+    host = [i for i, t in enumerate(tensors) if not t.is_cuda and val.should_validate(t)]
+    if host:
+        val.check_values([tensors[i] for i in host], [], [names[i] for i in host])
+    cuda = [i for i, t in enumerate(tensors) if t.is_cuda and val.should_validate(t)]
+    attachment = _LIVE.get(optimizer)
+    if cuda and attachment is not None:
+        attachment._deferred.submit([tensors[i] for i in cuda], [names[i] for i in cuda])
+
+
 def _step_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-    from ._prox import prox_many, soft_threshold
+    from ._prox import _prox_many_unchecked, check_many, soft_threshold_unchecked
 
     # (dim, method) -> (tensors, prox strengths, l1 thresholds)
     jobs: dict[tuple[int | None, str], tuple[list[Tensor], list[float], list[float]]] = {}
@@ -220,18 +243,20 @@ def _step_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
             "weightshare.attach: no param group carries 'wsr_lam' (a state dict saved without an "
             "attachment was loaded?); re-attach with attach(optimizer, lam, ...)"
         )
+    _screen(optimizer, [p for tensors, _, _ in jobs.values() for p in tensors])
     with torch.no_grad():
         for (dim, method), (tensors, lams, thresholds) in jobs.items():
             outs: list[Tensor] = list(tensors)
             active = [i for i, lam in enumerate(lams) if lam > 0]
             if active:
-                proxed = prox_many(
-                    [tensors[i] for i in active], [lams[i] for i in active], dim, method=method
+                chosen, chosen_lams, dims = check_many(
+                    [tensors[i] for i in active], [lams[i] for i in active], dim, method
                 )
+                proxed = _prox_many_unchecked(chosen, chosen_lams, dims, method)
                 for i, out in zip(active, proxed, strict=True):
                     outs[i] = out
             for p, out, t in zip(tensors, outs, thresholds, strict=True):
                 if t > 0:
-                    p.copy_(soft_threshold(out, t))
+                    p.copy_(soft_threshold_unchecked(out, t))
                 elif out is not p:
                     p.copy_(out)

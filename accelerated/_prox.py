@@ -375,6 +375,25 @@ def prox_many(
         >>> lin = torch.nn.Linear(3, 2)
         >>> w, b = weightshare.prox_many([lin.weight, lin.bias], 0.1)
     """
+    tensors, lam_list, dims = check_many(tensors, lams, dim, method)
+    checked = [i for i, t in enumerate(tensors) if val.should_validate(t)]
+    if checked:
+        val.check_values(
+            [tensors[i] for i in checked],
+            [lam_list[i] for i in checked],
+            [f"tensors[{i}]" for i in checked],
+            "lams",
+        )
+    return _prox_many_unchecked(tensors, lam_list, dims, method)
+
+
+def check_many(
+    tensors: Sequence[torch.Tensor],
+    lams: float | torch.Tensor | Sequence[float | torch.Tensor],
+    dim: int | None,
+    method: str,
+) -> tuple[list[torch.Tensor], list[val.Lam], list[int | None]]:
+    """The static checks of :func:`prox_many` (no value is read): tensors, strengths, dims."""
     tensors = list(tensors)
     check_method(method)
     if isinstance(lams, float | int | torch.Tensor):
@@ -389,15 +408,7 @@ def prox_many(
         check_device(method, t)
         dims.append(val.normalize_dim(t, dim))
         val.check_lam_value(lam, t, dims[-1], f"lams[{i}]")
-    checked = [i for i, t in enumerate(tensors) if val.should_validate(t)]
-    if checked:
-        val.check_values(
-            [tensors[i] for i in checked],
-            [lam_list[i] for i in checked],
-            [f"tensors[{i}]" for i in checked],
-            "lams",
-        )
-    return _prox_many_unchecked(tensors, lam_list, dims, method)
+    return tensors, lam_list, dims
 
 
 def _prox_many_unchecked(
@@ -595,6 +606,11 @@ def soft_threshold(w: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         val.check_lam_value(t, w, None, "t")
     if val.should_validate(w):
         val.check_values([w], [t], ["w"], "t")
+    return soft_threshold_unchecked(w, t)
+
+
+def soft_threshold_unchecked(w: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
+    """:func:`soft_threshold` without validation (never reads a value)."""
     if isinstance(t, torch.Tensor):
         t = t.to(device=w.device, dtype=w.dtype)
     return w.sign() * (w.abs() - t).clamp_min(0.0)

@@ -247,7 +247,7 @@ def test_vmap_matches_batched_call(method: str) -> None:
 
 
 @pytest.mark.req("ALG-10")
-@pytest.mark.parametrize("method", SYNC_FREE)
+@pytest.mark.parametrize("method", (*SYNC_FREE, "triton"))
 def test_cuda_graph_capture(method: str, device: str) -> None:
     if device != "cuda":
         pytest.skip("CUDA graphs need a CUDA device")
@@ -408,3 +408,20 @@ def test_triton_prox_compiles_fullgraph(device: str) -> None:
     iso = torch.compile(_isotonic.kernel("triton"), backend=backend, fullgraph=True)
     y = v.view(2, 32)
     torch.testing.assert_close(iso(y), _isotonic.kernel("hull")(y), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.req("ALG-13")
+def test_triton_prox_never_syncs_on_cuda(device: str) -> None:
+    if device != "cuda":
+        pytest.skip("the sync debug mode needs CUDA")
+    from weightshare._prox import _prox_unchecked
+
+    v = torch.randn(3, 5000, device=device)
+    _prox_unchecked(v, 0.1, 1, "triton")  # warm-up (kernel compilation)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = _prox_unchecked(v, 0.1, 1, "triton")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.testing.assert_close(out, _prox_unchecked(v, 0.1, 1, "hull"), rtol=1e-6, atol=1e-6)

@@ -308,18 +308,19 @@ def test_remove_stops_the_prox() -> None:
 @pytest.mark.req("TRAIN-8")
 def test_one_fused_call_per_dim(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[int, Any]] = []
-    real = ws_prox.prox_many
+    real = ws_prox._prox_many_unchecked
 
-    def counting(tensors, lams, dim=None, *, method="auto"):
-        calls.append((len(tensors), dim))
-        return real(tensors, lams, dim, method=method)
+    def counting(tensors, lams, dims, method):
+        assert len(set(dims)) == 1
+        calls.append((len(tensors), dims[0]))
+        return real(tensors, lams, dims, method)
 
     model = mlp()
     opt = torch.optim.SGD(
         [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.1}], lr=0.2
     )
     ws.attach(opt, 0.5, params=[*model[0].parameters(), model[2].weight])
-    monkeypatch.setattr(ws_prox, "prox_many", counting)
+    monkeypatch.setattr(ws_prox, "_prox_many_unchecked", counting)
     x, y = data()
     train_step(model, opt, x, y)
     assert calls == [(3, None)]
@@ -584,3 +585,46 @@ def test_ddp_replicas_stay_bit_identical(tmp_path: Path) -> None:
         assert torch.equal(states[0][key], states[1][key]), key
     for key in ("0.weight", "2.weight"):  # the prox really acted
         assert ws.num_distinct(states[0][key]) < states[0][key].numel()
+
+
+# ---------------------------------------------------------------------------------------------
+# the attach step on CUDA: no host synchronization, NaN/inf reported later
+# ---------------------------------------------------------------------------------------------
+
+
+def _cuda_model() -> tuple[nn.Sequential, torch.optim.Optimizer, ws.Attachment, Any, Any]:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    model = mlp(torch.float32, "cuda")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    handle = ws.attach(opt, 0.5, l1=0.01)
+    x, y = data(torch.float32, "cuda")
+    return model, opt, handle, x, y
+
+
+@pytest.mark.req("TRAIN-20")
+def test_cuda_attach_step_never_syncs() -> None:
+    model, opt, handle, x, y = _cuda_model()
+    train_step(model, opt, x, y)  # warm-up: kernels compiled, pinned buffers allocated
+    torch.cuda.synchronize()
+    opt.zero_grad()
+    nn.functional.mse_loss(model(x), y).backward()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    handle.check()
+    want = ws.prox(model[0].weight.detach().double(), 0.0)  # the step ran (finite weights)
+    assert torch.isfinite(want).all()
+
+
+@pytest.mark.req("TRAIN-20")
+def test_cuda_attach_reports_nan_later() -> None:
+    model, opt, handle, x, y = _cuda_model()
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    train_step(model, opt, x, y)  # no host read here
+    with pytest.raises(ValueError, match="non-finite"):
+        handle.check()
+    handle.check()  # reported once

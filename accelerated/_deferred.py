@@ -4,7 +4,7 @@ A synchronous check reads a count from the device, which stalls the queue and fo
 capture. Here each check is one fused reduction (the max-abs of every tensor: inf or NaN exactly
 when the tensor holds one), copied into pinned host memory without blocking; an event marks when
 the copy has landed. A later call raises ``ValueError`` for every finished check that found a bad
-tensor, without ever waiting; ``raise_pending()`` waits and raises (spec TRAIN-ASYNC).
+tensor, without ever waiting; ``poll(wait=True)`` waits and raises (spec TRAIN-20).
 """
 
 from __future__ import annotations

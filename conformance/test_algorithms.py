@@ -425,3 +425,21 @@ def test_triton_prox_never_syncs_on_cuda(device: str) -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.testing.assert_close(out, _prox_unchecked(v, 0.1, 1, "hull"), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.req("ALG-11")
+def test_gpu_benchmark_cases_and_table() -> None:
+    """The GPU benchmark's cases and its table (its timings need CUDA: make gpu-check)."""
+    from conformance.benchmarks import gpu
+
+    shapes = gpu.resnet50_weight_shapes()
+    assert len(shapes) == 54  # 53 convolutions and the classifier
+    assert 25_400_000 < sum(math.prod(s) for s in shapes) < 25_600_000
+    records = [
+        {"case": "d=2^20", "dtype": "torch.float32", "input": "random", "what": w, "ms": ms}
+        for w, ms in (("sort", 0.2), ("triton", 0.6), ("hull", 120.0), ("search", 30.0))
+    ]
+    records.append({"case": "memory d=2^26", "dtype": "torch.float32", "peak_extra_over_input": 7})
+    table = gpu.render(records)
+    assert "| d=2^20 | float32 | random | 0.200 | 0.600 | 3.00 | 200.0 | 50.0 |" in table
+    assert "7.00x the input's bytes" in table

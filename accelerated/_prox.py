@@ -41,24 +41,25 @@ def _available(method: str) -> bool:
 
 
 def resolve_method(method: str, v: torch.Tensor) -> str:
-    """The method "auto" stands for (spec PROX-16; the algorithms page explains the rule).
+    """The method "auto" stands for (spec PROX-16; the prox page explains the rule).
 
     Eager CPU tensors: host PAVA. CUDA tensors: "triton" (a few fused kernels per level) when
-    Triton is importable. Elsewhere, and as the fallback, the sync-free torch-op kernel with the
-    fewest launches: the first available of "hull", "search", "rounds" (else "pava"). "Eager"
-    excludes ``torch.compile`` tracing, CUDA graph capture and functorch transforms, where the
-    host path cannot run.
+    Triton is importable and no ``torch.func`` transform is active (the custom ops have no
+    batching rule); else the sync-free torch-op kernel with the fewest launches, "search". Other
+    devices, and CPU tensors while ``torch.compile`` traces: "hull" (fewer operations of work).
+    Each list falls back along "search"/"hull"/"rounds" to "pava" when a module is missing.
     """
     if method != "auto":
         return method
     if v.device.type == "cpu" and val.should_validate(v):
         return "pava"
-    if v.device.type == "cuda" and _available("triton"):
-        return "triton"
-    for candidate in ("hull", "search", "rounds"):
-        if _available(candidate):
-            return candidate
-    return "pava"
+    if v.device.type == "cuda":
+        if not torch._C._functorch.is_functorch_wrapped_tensor(v) and _available("triton"):
+            return "triton"
+        order = ("search", "hull", "rounds")
+    else:
+        order = ("hull", "search", "rounds")
+    return next((m for m in order if _available(m)), "pava")
 
 
 def check_device(method: str, v: torch.Tensor) -> None:

@@ -336,6 +336,7 @@ def _triton_cases() -> list[tuple[str, np.ndarray, float]]:
         ("huge lambda", rng.normal(size=77), 1e8),
         ("tiny lambda", rng.normal(size=77), 1e-12),
         ("one pair", np.array([1.0, 0.0]), 2.0),
+        ("long", rng.normal(size=2**14 + 3), 1e-3),
     ]
 
 

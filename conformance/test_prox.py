@@ -473,6 +473,25 @@ def test_auto_rule_and_method_names() -> None:
         weightshare.prox(cpu, 0.1, method="fast")
 
 
+@pytest.mark.req("PROX-16")
+def test_auto_rule_on_cuda() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    x = torch.zeros(2, 3, device="cuda")
+    want = "triton" if _prox._available("triton") else "search"
+    assert _prox.resolve_method("auto", x) == want
+    seen: list[str] = []
+
+    def record(row: torch.Tensor) -> torch.Tensor:
+        seen.append(_prox.resolve_method("auto", row))
+        return row
+
+    torch.func.vmap(record)(x)  # the Triton custom ops have no batching rule
+    assert seen == ["search"]
+    mapped = torch.func.vmap(lambda row: weightshare.prox(row, 0.3))(x + torch.rand_like(x))
+    assert mapped.shape == x.shape
+
+
 @pytest.mark.req("PROX-17")
 def test_validation_then_unchecked() -> None:
     bad = torch.tensor([1.0, float("inf"), float("nan"), 0.0])

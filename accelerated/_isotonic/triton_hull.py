@@ -51,6 +51,13 @@ _IN_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @triton.jit
+def _lanes(total, BLOCK: tl.constexpr):
+    """This program's lane indices (int64) into ``total`` work items, and which are real."""
+    g = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return g, g < total
+
+
+@triton.jit
 def _prepare_kernel(
     x_ptr,
     lam_ptr,
@@ -70,8 +77,7 @@ def _prepare_kernel(
     ``y = x - lam * ramp`` (``RAMP``) or ``x``; the pad is ``max(x) + lam`` for sorted rows
     (``SORTED_PAD``: an upper bound of every ``y``, since the ramp is >= -1) or ``pad_ptr[r]``.
     """
-    g = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = g < total
+    g, live = _lanes(total, BLOCK)
     row = g // width
     k = g % width
     shift = tl.load(shift_ptr + row, mask=live, other=0.0)
@@ -121,8 +127,7 @@ def _bridge_kernel(
     BLOCK: tl.constexpr,
 ):
     """Bridge (a*, c*) of every block: left half [f, f+h), right half [f+h, f+h+hc), f = 2hb."""
-    g = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = g < total
+    g, live = _lanes(total, BLOCK)
     row = g // blocks
     base = row * width
     first = (g % blocks) * (2 * h)
@@ -194,8 +199,7 @@ def _splice_kernel(
     BLOCK: tl.constexpr,
 ):
     """Points strictly between a block's bridge ends link to them (``FIRST``: write every link)."""
-    g = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = g < total
+    g, live = _lanes(total, BLOCK)
     row = g // width
     p = g % width
     merged = live & (p < width - 1)  # point M is not in any block until the final merge
@@ -239,8 +243,7 @@ def _slopes_kernel(
     BLOCK: tl.constexpr,
 ):
     """Element i gets the slope of the hull edge over [i, i+1], plus the row's shift."""
-    g = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = g < total
+    g, live = _lanes(total, BLOCK)
     row = g // n
     i = g % n
     base = row * width

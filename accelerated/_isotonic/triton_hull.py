@@ -67,7 +67,7 @@ def _prepare_kernel(
     total,
     n,
     width,
-    LAM_ROWS: tl.constexpr,
+    lam_stride,
     RAMP: tl.constexpr,
     SORTED_PAD: tl.constexpr,
     BLOCK: tl.constexpr,
@@ -82,7 +82,7 @@ def _prepare_kernel(
     k = g % width
     shift = tl.load(shift_ptr + row, mask=live, other=0.0)
     # a float64 strength per row, or one for all (scalar kernel arguments would be float32)
-    lam_r = tl.load(lam_ptr + row * LAM_ROWS, mask=live, other=0.0)
+    lam_r = tl.load(lam_ptr + row * lam_stride, mask=live, other=0.0)
     e = k - 1
     real = live & (k >= 1) & (k <= n)
     y = tl.load(x_ptr + row * n + e, mask=real, other=0.0).to(tl.float64)
@@ -100,8 +100,10 @@ def _prepare_kernel(
 def _link(ptr, base, pos, live, IDENTITY: tl.constexpr):
     """The stored link at ``pos``, or ``pos`` itself before any merge has run."""
     if IDENTITY:
-        return pos
-    return tl.load(ptr + base + pos, mask=live, other=0).to(tl.int64)
+        link = pos
+    else:
+        link = tl.load(ptr + base + pos, mask=live, other=0).to(tl.int64)
+    return link  # one return statement: Triton's compiler wants no early return
 
 
 @triton.jit
@@ -393,8 +395,8 @@ def _isotonic_impl(y: torch.Tensor) -> torch.Tensor:
     z = _points(rows, n, y.device)
     _launch(
         _prepare_kernel, z.numel(), _BLOCK,
-        y, shift, shift, pad, z, z.numel(), n, z.shape[1],
-        LAM_ROWS=False, RAMP=False, SORTED_PAD=False,
+        y, shift, shift, pad, z, z.numel(), n, z.shape[1], 0,
+        RAMP=False, SORTED_PAD=False,
     )  # fmt: skip
     _hull(z, shift, n, out, None, False)
     return out
@@ -409,8 +411,8 @@ def _prox_rows_impl(
     z = _points(rows, n, x.device)
     _launch(
         _prepare_kernel, z.numel(), _BLOCK,
-        xs, lam, shift, shift, z, z.numel(), n, z.shape[1],
-        LAM_ROWS=lam.numel() > 1, RAMP=True, SORTED_PAD=True,
+        xs, lam, shift, shift, z, z.numel(), n, z.shape[1], int(lam.numel() > 1),
+        RAMP=True, SORTED_PAD=True,
     )  # fmt: skip
     del xs
     out = torch.empty_like(x)

@@ -71,6 +71,10 @@ def _check_method(method: str, like: Tensor) -> None:
 
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, got {type(method).__name__}")
+    from ._distributed import is_dtensor
+
+    if is_dtensor(like):  # the method runs on the local shards
+        like = like.to_local()
     # a tiny prox on the device and dtype of an attached tensor raises on an unusable method
     prox_many([like.new_zeros(2)], 1.0, None, method=method)
 

@@ -25,6 +25,8 @@ from . import _validation as val
 
 #: "auto", "gather" or "sort": how a prox with a sharded vector dimension is computed.
 SHARDED_PATH = "auto"
+#: "auto" takes the distributed path for tensors of this many elements and more.
+SORT_MIN = 1 << 20
 
 _DTENSOR: Any = None
 
@@ -174,13 +176,27 @@ def _local_lam(lam: val.Lam, v: Any, placements: Sequence[Any], dim: int | None)
 # The prox.
 
 
-def sharded_path(numel: int, needs_grad: bool) -> str:
-    """The path, "gather" or "sort", for one tensor whose vectors are sharded (``SHARDED_PATH``)."""
-    if needs_grad:
-        return "gather"  # the distributed path has no backward
-    if SHARDED_PATH == "sort":
-        raise NotImplementedError("the distributed (sample sort) prox path is not written yet")
-    return "gather"
+def sharded_path(v: Any, lam: val.Lam, dim: int | None) -> tuple[str, int]:
+    """The path, "gather" or "sort", for one tensor whose vectors are split (``SHARDED_PATH``),
+    and for "sort" the mesh dimension that splits them.
+
+    The distributed path needs the vectors split by one mesh dimension with a ``Shard``
+    placement, no autograd, and a scalar strength for batched vectors; else: "gather".
+    """
+    from torch.distributed.tensor import Shard
+
+    split = [i for i, s in enumerate(_splits_vectors(v, dim)) if s]
+    batched = dim is not None and v.dim() > 1
+    if (
+        SHARDED_PATH == "gather"
+        or _needs_grad(v, lam)  # the distributed path has no backward
+        or len(split) != 1
+        or type(v.placements[split[0]]) is not Shard
+        or (batched and isinstance(lam, torch.Tensor) and lam.numel() > 1)
+        or (SHARDED_PATH == "auto" and v.numel() < SORT_MIN)
+    ):
+        return "gather", -1
+    return "sort", split[0]
 
 
 def _validated(v: Any, lam: val.Lam, dim: int | None, method: str, name: str = "v") -> int | None:
@@ -266,14 +282,16 @@ def _prox_checked(
     results: list[Any] = [None] * len(tensors)
     local: list[int] = []
     gather: list[int] = []
-    sort: list[int] = []
+    sort: list[tuple[int, int]] = []
     for i, (v, lam, d) in enumerate(zip(tensors, lams, dims, strict=True)):
         if not any(_splits_vectors(v, d)):
             local.append(i)
-        elif sharded_path(v.numel(), _needs_grad(v, lam)) == "gather":
+            continue
+        path, mesh_dim = sharded_path(v, lam, d)
+        if path == "gather":
             gather.append(i)
         else:
-            sort.append(i)
+            sort.append((i, mesh_dim))
     # local vectors: every rank checks and proxes its own shard
     parts = [tensors[i].to_local() for i in local]
     part_lams = [_local_lam(lams[i], tensors[i], tensors[i].placements, dims[i]) for i in local]
@@ -284,8 +302,7 @@ def _prox_checked(
         results[i] = _wrap(out, v, v.placements, v.shape)
     # sharded vectors, gather path: full vectors on every rank, checked there (all ranks agree)
     full = [
-        _replicated(tensors[i].placements, _splits_vectors(tensors[i], dims[i]))
-        for i in gather
+        _replicated(tensors[i].placements, _splits_vectors(tensors[i], dims[i])) for i in gather
     ]
     parts = [
         tensors[i].redistribute(tensors[i].device_mesh, p).to_local()
@@ -299,10 +316,10 @@ def _prox_checked(
     for i, p, out in zip(gather, full, outs, strict=True):
         v = tensors[i]
         results[i] = _wrap(out, v, p, v.shape).redistribute(v.device_mesh, v.placements)
-    for i in sort:
+    for i, mesh_dim in sort:
         from ._distributed_sort import prox_sharded
 
-        results[i] = prox_sharded(tensors[i], lams[i], dims[i], method)
+        results[i] = prox_sharded(tensors[i], lams[i], dims[i], method, mesh_dim)
     return results
 
 

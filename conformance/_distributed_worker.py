@@ -16,6 +16,7 @@ import copy
 import json
 import sys
 import tempfile
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
@@ -86,8 +87,10 @@ def _received(name: str, args: tuple) -> int:
         return _nbytes(args[0]) * (int(args[1]) - 1)
     if name == "allgather_":  # c10d: (output lists, inputs, ...)
         return _nbytes(args[0]) - _nbytes(args[1])
+    if name == "_allgather_base_":  # c10d: (output, input, ...)
+        return _nbytes(args[0]) - _nbytes(args[1])
     if name == "alltoall_base_":  # c10d: (output, input, group, output splits, input splits, ...)
-        out, group, splits = args[0], args[2], list(args[3])
+        out, group, splits = args[0], dist.ProcessGroup.unbox(args[2]), list(args[3])
         mine = group.rank()
         if not splits:
             return _nbytes(out) * (group.size() - 1) // group.size()
@@ -250,6 +253,51 @@ def api_gather(ctx: Ctx) -> None:
                 assert ctx.world == 1 or traffic.ops, "the gather path ran no collective"
 
 
+SORT_CASES = [
+    # (shape, placements, dim, kind, lam)
+    ((41, 7), [Shard(0)], None, "random", 0.7),
+    ((41, 7), [Shard(1)], None, "chain", 1.0),
+    ((300,), [Shard(0)], None, "chain", 1.0),
+    ((300,), [Shard(0)], 0, "ties", 0.4),
+    ((7, 9), [Shard(0)], None, "ties", 50.0),  # everything collapses
+    ((3,), [Shard(0)], None, "random", 0.3),  # empty shards on 4 ranks
+    ((64,), [Shard(0)], None, "random", 0.0),
+    ((1000,), [Shard(0)], None, "random", 1e-3),  # many small blocks: several rounds
+    ((9, 13), [Shard(0)], 0, "random", 0.5),  # batched: re-sharded along dim 1
+    ((6, 11, 4), [Shard(1)], 1, "chain", 0.8),
+]
+
+
+@check
+def api_sort(ctx: Ctx) -> None:
+    """DIST-4: the distributed path equals the reference, keeps the layout and the clusters."""
+    with sharded_path("sort"):
+        for shape, placements, dim, kind, lam in SORT_CASES:
+            full = ctx.full(*shape, seed=7, kind=kind)
+            what = f"sort path {shape} {placements} dim={dim} {kind} lam={lam}"
+            for dtype in (torch.float64, torch.float32):
+                x = ctx.shard(full.to(dtype), placements)
+                with Traffic() as traffic:
+                    out = ws.prox(x, lam, dim)
+                    y = x.clone()
+                    ws.prox_(y, lam, dim)
+                same_layout(out, x, what)
+                want = ref_prox(full.to(dtype), lam, dim)
+                if dtype == torch.float64:
+                    close(out, want, what)
+                else:
+                    torch.testing.assert_close(
+                        out.full_tensor().cpu(), want.float(), rtol=1e-5, atol=1e-5 * (1 + lam),
+                        msg=lambda m, w=what: f"{w} float32: {m}",
+                    )  # fmt: skip
+                assert torch.equal(y.full_tensor(), out.full_tensor()), what
+                names = {"all_gather_into_tensor", "allgather_"}
+                assert not names & set(traffic.ops), f"{what}: gathered {traffic.ops}"
+                if dtype == torch.float64 and lam > 0:
+                    got = ws.num_distinct(out)
+                    assert got == ws.num_distinct(want), f"{what}: {got} clusters"
+
+
 @check
 def api_2d(ctx: Ctx) -> None:
     """DIST-1, DIST-2: a 2 x 2 mesh (FSDP x TP layouts), on 4 ranks."""
@@ -327,9 +375,9 @@ def errors(ctx: Ctx) -> None:
     # the gathered path: every rank sees the NaN
     with sharded_path("gather"):
         expect_raise(ValueError, "non-finite", ws.prox, ctx.shard(bad, [Shard(0)]), 1.0)
-    if ctx.world > 1 and "sort" not in PATHS:  # DIST-4: not written yet
-        with sharded_path("sort"):
-            expect_raise(NotImplementedError, "not written", ws.prox_, x, 1.0)
+    with sharded_path("sort"):  # DIST-4: all ranks raise alike
+        expect_raise(ValueError, "non-finite", ws.prox, ctx.shard(bad, [Shard(0)]), 1.0)
+        expect_raise(ValueError, "non-finite", ws.prox, ctx.shard(bad, [Shard(1)]), 1.0, 1)
 
 
 def expect_raise(exc: type[Exception], match: str, fn: Callable[..., Any], *args: Any) -> None:
@@ -423,7 +471,7 @@ def fsdp_training(ctx: Ctx) -> None:
             assert ws.num_distinct(model[0].weight) < 30, f"{what}: the prox did not act"
 
 
-PATHS = ("gather",)
+PATHS = ("gather", "sort")
 
 
 @check
@@ -500,10 +548,61 @@ def fsdp_tie(ctx: Ctx) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# measurements: gather path against the distributed path
+
+
+def bench(ctx: Ctx, size: int, reps: int = 3) -> list[dict[str, Any]]:
+    """Bytes received, collectives and seconds per rank of one ``prox`` of a ``(size / 64, 64)``
+    float64 weight sharded along dim 0, ``dim=None``, on both paths."""
+    rows = []
+    for kind in ("random", "chain"):
+        full = ctx.full(size // 64, 64, seed=11, kind=kind)
+        x = ctx.shard(full, [Shard(0)])
+        outs = {}
+        for path in ("gather", "sort"):
+            with sharded_path(path):
+                ws.prox(x, 1.0)  # warm-up
+                with Traffic() as traffic:
+                    outs[path] = ws.prox(x, 1.0)
+                times = []
+                for _ in range(reps):
+                    dist.barrier()
+                    start = time.perf_counter()
+                    ws.prox(x, 1.0)
+                    dist.barrier()
+                    times.append(time.perf_counter() - start)
+            rows.append(
+                {"P": ctx.world, "kind": kind, "N": size, "path": path, "ops": len(traffic.ops),
+                 "bytes": traffic.bytes_in, "seconds": min(times)}
+            )  # fmt: skip
+        diff = (outs["gather"].to_local() - outs["sort"].to_local()).abs().max()
+        rows[-1]["max_diff"] = rows[-2]["max_diff"] = float(diff)
+    gathered: list[Any] = [None] * ctx.world
+    dist.all_gather_object(gathered, rows)
+    for i, row in enumerate(rows):  # the most loaded rank
+        row["bytes"] = max(r[i]["bytes"] for r in gathered)
+        row["max_diff"] = max(r[i]["max_diff"] for r in gathered)
+    return rows
+
+
+def bench_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| P | input | N | path | bytes in per rank | collectives | seconds | max difference |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['P']} | {r['kind']} | {r['N']:,} | {r['path']} | {r['bytes']:,} | {r['ops']} | "
+            f"{r['seconds']:.3f} | {r['max_diff']:.1e} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
 # entry points
 
 
-def run(rank: int, world: int, port: int, out: str, backend: str) -> None:
+def run(rank: int, world: int, port: int, out: str, backend: str, size: int = 0) -> None:
     warnings.simplefilter("error")
     torch.set_num_threads(1)
     if backend == "nccl":
@@ -515,16 +614,21 @@ def run(rank: int, world: int, port: int, out: str, backend: str) -> None:
         backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
         timeout=timedelta(seconds=60),
     )  # fmt: skip
-    results: dict[str, str] = {}
+    results: dict[str, Any] = {}
     try:
         ctx = Ctx(rank, world, device, init_device_mesh(device.type, (world,)))
+        if size:
+            results["bench"] = bench(ctx, size)
+            return
         for name, fn in CHECKS.items():
+            start = time.perf_counter()
             try:
                 fn(ctx)
                 results[name] = "ok"
             except Exception:
                 results[name] = traceback.format_exc()
             dist.barrier()
+            print(f"rank {rank}: {name} {time.perf_counter() - start:.2f} s", flush=True)
     finally:
         Path(out.format(rank=rank)).write_text(json.dumps(results, indent=1))
         dist.destroy_process_group()
@@ -538,15 +642,23 @@ def main(argv: list[str]) -> int:
     parser.add_argument("out", nargs="?")
     parser.add_argument("--backend", default="gloo", choices=("gloo", "nccl"))
     parser.add_argument("--world", type=int, help="start this many ranks and report")
+    parser.add_argument("--bench", type=int, default=0, help="measure both paths at this size")
     args = parser.parse_args(argv)
     if args.world is None:
-        run(args.rank, args.world_size, args.port, args.out, args.backend)
+        run(args.rank, args.world_size, args.port, args.out, args.backend, args.bench)
         return 0
     from conformance._spawn import run_world
 
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "rank{rank}.json")
-        run_world("conformance._distributed_worker", args.world, [out, "--backend", args.backend])
+        extra = ["--backend", args.backend, "--bench", str(args.bench)]
+        logs = run_world("conformance._distributed_worker", args.world, [out, *extra], 1800)
+        print(logs[0], end="")
+        if args.bench:
+            rows = json.loads(Path(out.format(rank=0)).read_text())["bench"]
+            print(json.dumps(rows))
+            print(bench_table(rows), end="")
+            return 0
         results = merged([out.format(rank=r) for r in range(args.world)])
     for name, status in results.items():
         print(f"{name}: {status}")

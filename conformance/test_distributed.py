@@ -60,6 +60,13 @@ def test_gather_path(world, tmp_path_factory) -> None:
     assert_check("api_gather", world, tmp_path_factory)
 
 
+@pytest.mark.req("DIST-4")
+@pytest.mark.slow
+@pytest.mark.parametrize("world", WORLDS)
+def test_distributed_path(world, tmp_path_factory) -> None:
+    assert_check("api_sort", world, tmp_path_factory)
+
+
 @pytest.mark.req("DIST-1")
 @pytest.mark.slow
 @pytest.mark.parametrize("world", WORLDS)
@@ -136,7 +143,7 @@ def test_results_exist_for_every_check() -> None:
     """The tests above cover every check of the worker (a new check gets a test)."""
     from conformance._distributed_worker import CHECKS
 
-    tested = {"api_local", "api_2d", "api_gather", "autograd", "fsdp_training",
+    tested = {"api_local", "api_2d", "api_gather", "api_sort", "autograd", "fsdp_training",
               "fsdp_state_dict", "fsdp_tie", "errors"}  # fmt: skip
     assert set(CHECKS) == tested, set(CHECKS) ^ tested
     assert Path(__file__).with_name("_distributed_worker.py").exists()

@@ -25,7 +25,8 @@ from . import _validation as val
 
 #: "auto", "gather" or "sort": how a prox with a sharded vector dimension is computed.
 SHARDED_PATH = "auto"
-#: "auto" takes the distributed path for tensors of this many elements and more.
+#: "auto" takes the distributed path for tensors of this many elements and more, split over at
+#: least 3 ranks (on 2 ranks it moves as many bytes as the gather path).
 SORT_MIN = 1 << 20
 
 _DTENSOR: Any = None
@@ -80,11 +81,12 @@ def _splits(p: Any) -> int | None:
 
 def _splits_vectors(v: Any, dim: int | None) -> list[bool]:
     """Per mesh dimension of ``v``: whether it splits the vectors (for ``dim=None``: whether it
-    shards any dimension); a mesh dimension of size 1 splits nothing."""
+    shards any dimension); a mesh dimension of size 1 splits nothing, unless a path is forced
+    (``SHARDED_PATH``: so that one GPU still runs the collectives of that path)."""
     dims = [_splits(p) for p in v.placements]
     sizes = v.device_mesh.shape
     return [
-        d is not None and (dim is None or d == dim) and n > 1
+        d is not None and (dim is None or d == dim) and (n > 1 or SHARDED_PATH != "auto")
         for d, n in zip(dims, sizes, strict=True)
     ]
 
@@ -193,7 +195,7 @@ def sharded_path(v: Any, lam: val.Lam, dim: int | None) -> tuple[str, int]:
         or len(split) != 1
         or type(v.placements[split[0]]) is not Shard
         or (batched and isinstance(lam, torch.Tensor) and lam.numel() > 1)
-        or (SHARDED_PATH == "auto" and v.numel() < SORT_MIN)
+        or (SHARDED_PATH == "auto" and (v.numel() < SORT_MIN or v.device_mesh.size(split[0]) < 3))
     ):
         return "gather", -1
     return "sort", split[0]
@@ -371,12 +373,12 @@ def soft_threshold(w: Any, t: float | torch.Tensor) -> Any:
     val.check_float(w, "w")
     _check_lam_kind(t, "t")
     _splits_vectors(w, None)  # NotImplementedError for Partial
-    if isinstance(t, torch.Tensor):
+    if isinstance(t, torch.Tensor):  # the plain function checks the rest of t on the local part
         try:
-            ok = torch.broadcast_shapes(t.shape, w.shape) == w.shape
+            full = t.to(w.device).broadcast_to(w.shape)
         except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(f"t of shape {tuple(t.shape)} does not broadcast to {tuple(w.shape)}")
-        t = _local_part(t.to(w.device).broadcast_to(w.shape), w, w.placements)
+            raise ValueError(
+                f"t of shape {tuple(t.shape)} does not broadcast to {tuple(w.shape)}"
+            ) from None
+        t = _local_part(full, w, w.placements)
     return _wrap(plain_soft(w.to_local(), t), w, w.placements, w.shape)

@@ -65,6 +65,7 @@ def test_gather_path(world, tmp_path_factory) -> None:
 @pytest.mark.parametrize("world", WORLDS)
 def test_distributed_path(world, tmp_path_factory) -> None:
     assert_check("api_sort", world, tmp_path_factory)
+    assert_check("auto_path", world, tmp_path_factory)
 
 
 @pytest.mark.req("DIST-1")
@@ -79,6 +80,13 @@ def test_autograd(world, tmp_path_factory) -> None:
 @pytest.mark.parametrize("world", WORLDS)
 def test_fsdp2_training_equals_unsharded_twin(world, tmp_path_factory) -> None:
     assert_check("fsdp_training", world, tmp_path_factory)
+
+
+@pytest.mark.req("DIST-5")
+@pytest.mark.slow
+@pytest.mark.parametrize("world", WORLDS)
+def test_tensor_parallel_training_equals_unsharded_twin(world, tmp_path_factory) -> None:
+    assert_check("tp_training", world, tmp_path_factory)
 
 
 @pytest.mark.req("DIST-6")
@@ -143,7 +151,7 @@ def test_results_exist_for_every_check() -> None:
     """The tests above cover every check of the worker (a new check gets a test)."""
     from conformance._distributed_worker import CHECKS
 
-    tested = {"api_local", "api_2d", "api_gather", "api_sort", "autograd", "fsdp_training",
-              "fsdp_state_dict", "fsdp_tie", "errors"}  # fmt: skip
+    tested = {"api_local", "api_2d", "api_gather", "api_sort", "auto_path", "autograd", "errors",
+              "fsdp_training", "tp_training", "fsdp_state_dict", "fsdp_tie"}  # fmt: skip
     assert set(CHECKS) == tested, set(CHECKS) ^ tested
     assert Path(__file__).with_name("_distributed_worker.py").exists()

@@ -161,7 +161,8 @@ def attach(
     is read at step time, so LR schedulers apply. ``lam``, ``l1``, ``dim``, ``method`` and which
     parameters are attached are stored in the param groups (keys ``wsr_lam``, ``wsr_l1``,
     ``wsr_dim``, ``wsr_method``, ``wsr_mask``), read at every step and saved by
-    ``optimizer.state_dict()``.
+    ``optimizer.state_dict()``. ``DTensor`` parameters (FSDP2, tensor parallelism) work too: see
+    the Distributed training section of the training page for what the prox then communicates.
 
     Args:
         optimizer: any ``torch.optim.Optimizer``.

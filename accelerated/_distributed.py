@@ -10,7 +10,7 @@ Each function finds whether the vectors it works on are split across ranks:
   ``"sort"`` (the prox and ``prox_``, without autograd) is the distributed path of
   :mod:`._distributed_sort`. ``SHARDED_PATH`` chooses ("auto": see :func:`sharded_path`).
 
-Results are ``DTensor``\ s with the input's mesh and placements (the batch placements for
+Results are DTensors with the input's mesh and placements (the batch placements for
 ``penalty``).
 """
 

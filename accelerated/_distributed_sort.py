@@ -257,7 +257,8 @@ def _propose(u: torch.Tensor, window: torch.Tensor, q: int, group: Any) -> np.nd
     distinct = torch.unique_consecutive(window)
     pick = distinct
     if distinct.numel() > q:
-        pick = distinct[torch.linspace(0, distinct.numel() - 1, q).round().long()]
+        at = torch.linspace(0, distinct.numel() - 1, q, device=u.device).round().long()
+        pick = distinct[at]
     props = torch.full((q,), float("nan"), dtype=torch.float64, device=u.device)
     props[: pick.numel()] = pick
     ends = [float(u[0]), float(u[-1])] if u.numel() else [float("nan")] * 2

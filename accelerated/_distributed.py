@@ -236,12 +236,16 @@ def prox_(v: Any, lam: val.Lam, dim: int | None, method: str) -> Any:
     return v
 
 
-def prox_many(
-    tensors: list[torch.Tensor], lams: list[val.Lam], dim: int | None, method: str
-) -> list[torch.Tensor]:
+def prox_many(tensors: list[torch.Tensor], lams: Any, dim: int | None, method: str) -> list[Any]:
     """`weightshare.prox_many` with at least one ``DTensor`` (plain tensors may be mixed in)."""
+    from ._prox import check_method
     from ._prox import prox_many as plain_many
 
+    check_method(method)
+    one = isinstance(lams, float | int | torch.Tensor)
+    lams = [lams] * len(tensors) if one else list(lams)
+    if len(lams) != len(tensors):
+        raise ValueError(f"lams has {len(lams)} entries for {len(tensors)} tensors")
     dims, mesh, first = [], None, -1
     for i, (t, lam) in enumerate(zip(tensors, lams, strict=True)):
         if not is_dtensor(t):

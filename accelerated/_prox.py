@@ -348,6 +348,8 @@ def prox_many(
         >>> w, b = weightshare.prox_many([lin.weight, lin.bias], 0.1)
     """
     tensors = list(tensors)
+    if any(_dt.is_dtensor(t) for t in tensors):
+        return _dt.prox_many(tensors, lams, dim, method)
     check_method(method)
     if isinstance(lams, float | int | torch.Tensor):
         lam_list = [lams] * len(tensors)
@@ -355,8 +357,6 @@ def prox_many(
         lam_list = list(lams)
         if len(lam_list) != len(tensors):
             raise ValueError(f"lams has {len(lam_list)} entries for {len(tensors)} tensors")
-    if any(_dt.is_dtensor(t) for t in tensors):
-        return _dt.prox_many(tensors, lam_list, dim, method)
     dims = []
     for i, (t, lam) in enumerate(zip(tensors, lam_list, strict=True)):
         val.check_float(t, f"tensors[{i}]")

@@ -137,19 +137,27 @@ def _prox_vector(x: torch.Tensor, lam: float, group: Any, method: str) -> torch.
     counts = _all_gather(torch.tensor(send, dtype=torch.int64, device=x.device), group).cpu()
     recv_counts = counts[:, me].tolist()
     got = _all_to_all(xs, send, recv_counts, group)
+    del xs  # (temporaries are freed as soon as possible: the peak memory is per rank)
     y, merge = torch.sort(got, stable=True)  # runs in rank order: the global key order
+    del got
     m = y.numel()
     offset = int(counts[:, :me].sum())
     # 3. ramp with global ranks, 4. PAVA on the range
-    k = torch.arange(offset + 1, offset + m + 1, dtype=torch.float64, device=x.device)
-    z = y.double() - lam * (2.0 * k - d - 1.0) / (d - 1.0)
+    z = y.to(torch.float64)
+    del y
+    ramp = torch.arange(offset + 1, offset + m + 1, dtype=torch.float64, device=x.device)
+    z.sub_(ramp.mul_(2.0).sub_(d + 1.0).mul_(lam / (d - 1.0)))
+    del ramp
     u = kernel(method)(z.reshape(1, m)).reshape(m) if m else z
-    # 5. merges of neighbouring groups of ranges
-    u = _merge_levels(u, group)
+    del z
+    # 5. merges of neighbouring groups of ranges (in place)
+    _merge_levels(u, group)
     # 6. back to the owners, in their sorted order, then unsorted
-    out_sorted = torch.empty_like(y)
+    out_sorted = torch.empty(m, dtype=x.dtype, device=x.device)
     out_sorted[merge] = u.to(x.dtype)
+    del u, merge
     home = _all_to_all(out_sorted, recv_counts, send, group)
+    del out_sorted
     out = torch.empty_like(x)
     out[perm] = home
     return out
@@ -180,14 +188,13 @@ def _position(xs: torch.Tensor, key: tuple, me: int) -> int:
     return int(torch.searchsorted(xs, probe, right=me < rank)[0])
 
 
-def _merge_levels(u: torch.Tensor, group: Any) -> torch.Tensor:
-    """Merge the ranges' isotonic solutions level by level into the global one."""
+def _merge_levels(u: torch.Tensor, group: Any) -> None:
+    """Merge the ranges' isotonic solutions level by level into the global one, in place."""
     p, me = dist.get_world_size(group), dist.get_rank(group)
     width = 1
     while width < p:
-        u = _merge_level(u, width, p, me, group)
+        _merge_level(u, width, p, me, group)
         width *= 2
-    return u
 
 
 def _pairs(width: int, p: int) -> list[tuple[list[int], list[int]]]:
@@ -198,7 +205,7 @@ def _pairs(width: int, p: int) -> list[tuple[list[int], list[int]]]:
     ]
 
 
-def _merge_level(u: torch.Tensor, width: int, p: int, me: int, group: Any) -> torch.Tensor:
+def _merge_level(u: torch.Tensor, width: int, p: int, me: int, group: Any) -> None:
     """One level: every pair (A, C) of neighbouring groups of ``width`` ranks merges."""
     q = CANDIDATES
     pairs = _pairs(width, p)
@@ -206,6 +213,8 @@ def _merge_level(u: torch.Tensor, width: int, p: int, me: int, group: Any) -> to
     on_left = mine is not None and me in pairs[mine][0]
     # round 0 proposes from all of u; bracket (lo, hi) = (first of C, last of A) once known
     info = _propose(u, u, q, group)
+    prefix: np.ndarray | None = None
+    host = np.zeros(0)
     brackets: list[Any] = [None] * len(pairs)
     roots: list[float | None] = [None] * len(pairs)
     for j, (a, c) in enumerate(pairs):
@@ -227,7 +236,10 @@ def _merge_level(u: torch.Tensor, width: int, p: int, me: int, group: Any) -> to
         # this rank's part of h at its pair's candidates: [sum, count] above (A) or below (C)
         part = np.zeros((cands.shape[1], 2))
         if mine in active:
-            part = _partial_sums(u, cands[mine], on_left)
+            if prefix is None:  # u does not change within a level: one prefix sum per level
+                host = u.cpu().numpy()
+                prefix = np.concatenate([[0.0], np.cumsum(host)])
+            part = _partial_sums(host, prefix, cands[mine], on_left)
         sums = _all_gather(torch.from_numpy(part.ravel()).to(u.device), group).cpu().numpy()
         sums = sums.reshape(p, -1, 2)
         for j in active:
@@ -244,12 +256,10 @@ def _merge_level(u: torch.Tensor, width: int, p: int, me: int, group: Any) -> to
         info = _propose(u, window, q, group)
     if mine is not None and roots[mine] is not None:
         mu = roots[mine]
-        u = u.clone()
         if on_left:
             u[u > mu] = mu
         else:
             u[u < mu] = mu
-    return u
 
 
 def _propose(u: torch.Tensor, window: torch.Tensor, q: int, group: Any) -> np.ndarray:
@@ -266,19 +276,17 @@ def _propose(u: torch.Tensor, window: torch.Tensor, q: int, group: Any) -> np.nd
     return _all_gather(torch.cat([head.to(u.device), props]), group).cpu().numpy()
 
 
-def _partial_sums(u: torch.Tensor, cands: np.ndarray, on_left: bool) -> np.ndarray:
-    """Per candidate c: (sum, count) of the values above c (left group) or below c (right)."""
+def _partial_sums(u: np.ndarray, prefix: np.ndarray, cands: np.ndarray, on_left: bool) -> Any:
+    """Per candidate c: (sum, count) of the values above c (left group) or below c (right);
+    ``prefix``: the prefix sums of ``u`` (from 0)."""
     n = int(np.count_nonzero(~np.isnan(cands)))
     out = np.zeros((cands.size, 2))
-    un = u.cpu().numpy()
     c = cands[:n]
     if on_left:
-        start = np.searchsorted(un, c, side="right")
-        suffix = np.concatenate([np.cumsum(un[::-1])[::-1], [0.0]])
-        out[:n, 0], out[:n, 1] = suffix[start], un.size - start
+        start = np.searchsorted(u, c, side="right")
+        out[:n, 0], out[:n, 1] = prefix[-1] - prefix[start], u.size - start
     else:
-        stop = np.searchsorted(un, c, side="left")
-        prefix = np.concatenate([[0.0], np.cumsum(un)])
+        stop = np.searchsorted(u, c, side="left")
         out[:n, 0], out[:n, 1] = prefix[stop], stop
     return out
 

@@ -652,6 +652,25 @@ def bench(ctx: Ctx, size: int, reps: int = 3) -> list[dict[str, Any]]:
     return rows
 
 
+def bench_memory(ctx: Ctx, size: int, path: str) -> float:
+    """The growth of the peak resident memory (MiB, the largest over ranks) in one ``prox`` of a
+    random ``(size / 64, 64)`` float64 weight under ``Shard(0)``, ``dim=None``, on ``path``; run
+    once per process (a peak only grows)."""
+    import gc
+    import resource
+
+    with sharded_path(path):
+        ws.prox(ctx.shard(ctx.full(64 * ctx.world, 64, seed=1), [Shard(0)]), 1.0)  # warm-up
+        x = ctx.shard(ctx.full(size // 64, 64, seed=11), [Shard(0)])
+        gc.collect()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        ws.prox(x, 1.0)
+        grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    gathered: list[Any] = [None] * ctx.world
+    dist.all_gather_object(gathered, grown)
+    return max(gathered)
+
+
 def bench_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| P | input | N | path | bytes in per rank | collectives | seconds | max difference |",
@@ -669,7 +688,9 @@ def bench_table(rows: list[dict[str, Any]]) -> str:
 # entry points
 
 
-def run(rank: int, world: int, port: int, out: str, backend: str, size: int = 0) -> None:
+def run(
+    rank: int, world: int, port: int, out: str, backend: str, size: int = 0, memory: str = ""
+) -> None:
     warnings.simplefilter("error")
     # FSDP2 over TP's local outputs (views); harmless here: the model has no in-place op
     warnings.filterwarnings("ignore", "FSDP2-wrapped module .* returned a view tensor")
@@ -686,6 +707,9 @@ def run(rank: int, world: int, port: int, out: str, backend: str, size: int = 0)
     results: dict[str, Any] = {}
     try:
         ctx = Ctx(rank, world, device, init_device_mesh(device.type, (world,)))
+        if size and memory:
+            results["memory"] = bench_memory(ctx, size, memory)
+            return
         if size:
             results["bench"] = bench(ctx, size)
             return
@@ -712,17 +736,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--backend", default="gloo", choices=("gloo", "nccl"))
     parser.add_argument("--world", type=int, help="start this many ranks and report")
     parser.add_argument("--bench", type=int, default=0, help="measure both paths at this size")
+    parser.add_argument("--memory", default="", help="with --bench: peak memory of this path")
     args = parser.parse_args(argv)
     if args.world is None:
-        run(args.rank, args.world_size, args.port, args.out, args.backend, args.bench)
+        run(args.rank, args.world_size, args.port, args.out, args.backend, args.bench, args.memory)
         return 0
     from conformance._spawn import run_world
 
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "rank{rank}.json")
-        extra = ["--backend", args.backend, "--bench", str(args.bench)]
+        extra = ["--backend", args.backend, "--bench", str(args.bench), "--memory", args.memory]
         logs = run_world("conformance._distributed_worker", args.world, [out, *extra], 1800)
         print(logs[0], end="")
+        if args.bench and args.memory:
+            grown = json.loads(Path(out.format(rank=0)).read_text())["memory"]
+            print(f"peak memory growth, {args.memory} path: {grown:.1f} MiB")
+            return 0
         if args.bench:
             rows = json.loads(Path(out.format(rank=0)).read_text())["bench"]
             print(json.dumps(rows))

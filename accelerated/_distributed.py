@@ -306,22 +306,20 @@ def _prox_checked(
     for i, out in zip(local, outs, strict=True):
         v = tensors[i]
         results[i] = _wrap(out, v, v.placements, v.shape)
-    # sharded vectors, gather path: full vectors on every rank, checked there (all ranks agree)
-    full = [
-        _replicated(tensors[i].placements, _splits_vectors(tensors[i], dims[i])) for i in gather
-    ]
-    parts = [
-        tensors[i].redistribute(tensors[i].device_mesh, p).to_local()
-        for i, p in zip(gather, full, strict=True)
-    ]
-    part_lams = [
-        _local_lam(lams[i], tensors[i], p, dims[i]) for i, p in zip(gather, full, strict=True)
-    ]
-    _check_local(parts, [f"v (tensor {i})" for i in gather])
-    outs = _prox_many_unchecked(parts, part_lams, [dims[i] for i in gather], method)
-    for i, p, out in zip(gather, full, outs, strict=True):
+    # sharded vectors, gather path: full vectors on every rank, checked there (all ranks agree);
+    # one tensor at a time, so that a rank holds at most one gathered tensor
+    for i in gather:
         v = tensors[i]
-        results[i] = _wrap(out, v, p, v.shape).redistribute(v.device_mesh, v.placements)
+        full = _replicated(v.placements, _splits_vectors(v, dims[i]))
+        part = v.redistribute(v.device_mesh, full).to_local()
+        _check_local([part], [f"v (tensor {i})"])
+        lam = _local_lam(lams[i], v, full, dims[i])
+        out = _prox_many_unchecked([part], [lam], [dims[i]], method)[0]
+        del part
+        mine = _wrap(out, v, full, v.shape).redistribute(v.device_mesh, v.placements).to_local()
+        if mine.untyped_storage().nbytes() > mine.numel() * mine.element_size():
+            mine = mine.clone()  # a view would keep the whole result alive
+        results[i] = _wrap(mine, v, v.placements, v.shape)
     for i, mesh_dim in sort:
         from ._distributed_sort import prox_sharded
 

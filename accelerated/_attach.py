@@ -82,6 +82,10 @@ def _check_method(method: str, like: Tensor) -> None:
 
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, got {type(method).__name__}")
+    from ._distributed import is_dtensor
+
+    if is_dtensor(like):  # the method runs on the local shards
+        like = like.to_local()
     # a tiny prox on the device and dtype of an attached tensor raises on an unusable method
     prox_many([like.new_zeros(2)], 1.0, None, method=method)
 
@@ -168,7 +172,8 @@ def attach(
     is read at step time, so LR schedulers apply. ``lam``, ``l1``, ``dim``, ``method`` and which
     parameters are attached are stored in the param groups (keys ``wsr_lam``, ``wsr_l1``,
     ``wsr_dim``, ``wsr_method``, ``wsr_mask``), read at every step and saved by
-    ``optimizer.state_dict()``.
+    ``optimizer.state_dict()``. ``DTensor`` parameters (FSDP2, tensor parallelism) work too: see
+    the Distributed training section of the training page for what the prox then communicates.
 
     Args:
         optimizer: any ``torch.optim.Optimizer``.

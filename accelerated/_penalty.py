@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from . import _distributed as _dt
 from . import _validation as val
 from ._prox import _ramp, _rows
 
@@ -34,6 +35,8 @@ def penalty(w: torch.Tensor, dim: int | None = None) -> torch.Tensor:
         >>> weightshare.penalty(torch.tensor([0.0, 1.0, 3.0]))
         tensor(3.)
     """
+    if _dt.is_dtensor(w):
+        return _dt.penalty(w, dim)
     val.check_float(w, "w")
     dim = val.normalize_dim(w, dim)
     if val.should_validate(w):

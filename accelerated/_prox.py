@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from . import _distributed as _dt
 from . import _validation as val
 from ._isotonic import METHODS, kernel
 from ._prox_host import SPLIT_MIN, prox_rows
@@ -306,6 +307,8 @@ def prox(
         >>> weightshare.prox(torch.tensor([0.0, 0.1, 1.0]), 0.2)
         tensor([0.1500, 0.1500, 0.8000])
     """
+    if _dt.is_dtensor(v):
+        return _dt.prox(v, lam, dim, method)
     dim = _validate(v, lam, dim, method)
     return _prox_unchecked(v, lam, dim, method)
 
@@ -335,6 +338,8 @@ def prox_(
         >>> weightshare.prox_(w, 0.2) is w
         True
     """
+    if _dt.is_dtensor(v):
+        return _dt.prox_(v, lam, dim, method)
     dim = _validate(v, lam, dim, method)
     with torch.no_grad():
         v.copy_(_prox_unchecked(v.detach(), lam, dim, method))
@@ -396,6 +401,8 @@ def check_many(
 ) -> tuple[list[torch.Tensor], list[val.Lam], list[int | None]]:
     """The static checks of :func:`prox_many` (no value is read): tensors, strengths, dims."""
     tensors = list(tensors)
+    if any(_dt.is_dtensor(t) for t in tensors):
+        return _dt.prox_many(tensors, lams, dim, method)
     check_method(method)
     if isinstance(lams, float | int | torch.Tensor):
         lam_list = [lams] * len(tensors)
@@ -555,6 +562,8 @@ def clusters(w: torch.Tensor, dim: int | None = None) -> torch.Tensor:
         >>> weightshare.clusters(torch.tensor([0.5, -1.0, 0.5, 2.0]))
         tensor([1, 0, 1, 2])
     """
+    if _dt.is_dtensor(w):
+        return _dt.clusters(w, dim)
     val.check_float(w, "w")
     dim = val.normalize_dim(w, dim)
     if val.should_validate(w):
@@ -593,6 +602,8 @@ def soft_threshold(w: torch.Tensor, t: float | torch.Tensor) -> torch.Tensor:
         >>> weightshare.soft_threshold(torch.tensor([-2.0, 0.5, 3.0]), 1.0)
         tensor([-1.,  0.,  2.])
     """
+    if _dt.is_dtensor(w):
+        return _dt.soft_threshold(w, t)
     val.check_float(w, "w")
     if isinstance(t, torch.Tensor):
         try:

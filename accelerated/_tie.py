@@ -6,6 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ._distributed import is_dtensor
+
 __all__ = ["num_distinct", "tie", "untie", "zero_fraction"]
 
 
@@ -89,6 +91,11 @@ def tie(module: nn.Module, name: str = "weight", labels: Tensor | None = None) -
     weight = module._parameters.get(name)
     if weight is None:
         raise ValueError(f"{type(module).__name__} has no parameter named {name!r}")
+    if is_dtensor(weight):
+        raise NotImplementedError(
+            f"tie of a DTensor parameter ({name!r} of {type(module).__name__}, sharded by "
+            "fully_shard or tensor parallelism) is not supported: tie before sharding the module"
+        )
     _check_floating(weight, f"parameter {name!r}")
     _check_finite(weight.detach(), f"parameter {name!r}")
     if labels is None:
@@ -130,8 +137,18 @@ def untie(module: nn.Module, name: str = "weight") -> nn.Module:
         isinstance(p, Tied) for p in module.parametrizations[name]
     ):
         raise ValueError(f"{name!r} of {type(module).__name__} is not tied")
+    if is_dtensor(module.parametrizations[name].original):
+        raise NotImplementedError(
+            f"untie of a sharded tie ({name!r} of {type(module).__name__}, a DTensor after "
+            "fully_shard or tensor parallelism) is not supported: untie before sharding"
+        )
     parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     return module
+
+
+def _whole(w: Tensor) -> Tensor:
+    """A DTensor's full value on every rank (an all-gather where it is sharded)."""
+    return w.full_tensor() if is_dtensor(w) else w
 
 
 def num_distinct(w: Tensor) -> int:
@@ -148,7 +165,7 @@ def num_distinct(w: Tensor) -> int:
         ValueError: ``w`` holds NaN or inf.
     """
     _check_floating(w, "w")
-    w = w.detach()
+    w = _whole(w.detach())
     _check_finite(w, "w")
     return int(torch.unique(w).numel())
 
@@ -168,7 +185,7 @@ def zero_fraction(w: Tensor, atol: float = 0.0) -> float:
         ValueError: ``w`` is empty or holds NaN/inf, or ``atol`` is negative or NaN.
     """
     _check_floating(w, "w")
-    w = w.detach()
+    w = _whole(w.detach())
     atol = float(atol)
     if not atol >= 0.0:
         raise ValueError(f"atol must be >= 0, got {atol}")

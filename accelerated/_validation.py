@@ -22,6 +22,10 @@ def check_float(t: torch.Tensor, name: str) -> None:
     """Raise TypeError unless ``t`` is a real floating-point tensor."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
+        from ._distributed import check_plain
+
+        check_plain(t, name)
     if not t.is_floating_point():
         raise TypeError(f"{name} must have a real floating dtype, got {t.dtype}")
 

@@ -2,7 +2,7 @@
 
 Usage: ``python -m conformance._ddp_worker RANK WORLD PORT OUT``. Trains a small MLP under
 ``DistributedDataParallel`` (gloo, CPU) with ``weightshare.attach`` on its optimizer, each rank on
-its own data, and saves the final state dict to ``OUT``.
+its own data, and saves the final state dict to ``OUT`` (``{rank}`` in it is the rank).
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def run(rank: int, world: int, port: int, out: str) -> None:
             opt.zero_grad()
             nn.functional.mse_loss(ddp(x), y).backward()
             opt.step()
-        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        torch.save(state, out.format(rank=rank))
     finally:
         dist.destroy_process_group()
 

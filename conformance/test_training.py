@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import copy
 import io
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +17,10 @@ from torch import nn
 
 import weightshare as ws
 import weightshare._prox as ws_prox
+from conformance._spawn import run_world
 from conformance.strategies import vectors
 from weightshare import reference as ref
 
-ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_OK = [HealthCheck.function_scoped_fixture]  # the device fixture is the same per example
 TOL = {torch.float64: {"rtol": 1e-9, "atol": 1e-9}, torch.float32: {"rtol": 1e-5, "atol": 1e-5}}
 
@@ -425,7 +421,8 @@ def test_tie_values_gradient_untie(device: str, inputs, default: bool) -> None:
     assert lin.weight is param and lin.weight.shape == (3, 4)
     assert not torch.nn.utils.parametrize.is_parametrized(lin)
     torch.testing.assert_close(lin.weight.detach(), tied, rtol=0, atol=0)
-    assert ws.num_distinct(lin.weight) == len(np.unique(ref_means(w, labels)))
+    # (two clusters may round to means an ulp apart: count the tied values, not the reference)
+    assert ws.num_distinct(lin.weight) == len(np.unique(tied.cpu().numpy()))
     assert set(lin.state_dict()) == {"weight", "bias"}
 
 
@@ -546,40 +543,12 @@ def test_metric_errors() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.req("TRAIN-17")
 @pytest.mark.slow
 def test_ddp_replicas_stay_bit_identical(tmp_path: Path) -> None:
-    port, world = free_port(), 2
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    world = 2
     outs = [tmp_path / f"rank{r}.pt" for r in range(world)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "conformance._ddp_worker", *map(str, (r, world, port, outs[r]))],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for r in range(world)
-    ]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=120)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, log in zip(procs, logs, strict=True):
-        assert p.returncode == 0, log
+    run_world("conformance._ddp_worker", world, [str(tmp_path / "rank{rank}.pt")])
     states = [torch.load(o, weights_only=True) for o in outs]
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key]), key

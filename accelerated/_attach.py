@@ -226,6 +226,8 @@ def _screen(optimizer: Optimizer, tensors: list[Tensor]) -> None:
 
 
 def _step_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+    from ._distributed import is_dtensor
+    from ._distributed import prox_many as prox_many_dtensors
     from ._prox import _prox_many_unchecked, check_many, soft_threshold_unchecked
 
     # (dim, method) -> (tensors, prox strengths, l1 thresholds)
@@ -248,16 +250,20 @@ def _step_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
             "weightshare.attach: no param group carries 'wsr_lam' (a state dict saved without an "
             "attachment was loaded?); re-attach with attach(optimizer, lam, ...)"
         )
-    _screen(optimizer, [p for tensors, _, _ in jobs.values() for p in tensors])
+    # DTensors are checked (and their NaN/inf reported on every rank) by the distributed prox
+    _screen(optimizer, [p for ts, _, _ in jobs.values() for p in ts if not is_dtensor(p)])
     with torch.no_grad():
         for (dim, method), (tensors, lams, thresholds) in jobs.items():
             outs: list[Tensor] = list(tensors)
             active = [i for i, lam in enumerate(lams) if lam > 0]
             if active:
-                chosen, chosen_lams, dims = check_many(
-                    [tensors[i] for i in active], [lams[i] for i in active], dim, method
-                )
-                proxed = _prox_many_unchecked(chosen, chosen_lams, dims, method)
+                chosen, chosen_lams = [tensors[i] for i in active], [lams[i] for i in active]
+                if any(is_dtensor(t) for t in chosen):
+                    proxed = prox_many_dtensors(chosen, chosen_lams, dim, method)
+                else:
+                    proxed = _prox_many_unchecked(
+                        *check_many(chosen, chosen_lams, dim, method), method
+                    )
                 for i, out in zip(active, proxed, strict=True):
                     outs[i] = out
             for p, out, t in zip(tensors, outs, thresholds, strict=True):

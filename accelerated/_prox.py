@@ -381,6 +381,9 @@ def prox_many(
         >>> lin = torch.nn.Linear(3, 2)
         >>> w, b = weightshare.prox_many([lin.weight, lin.bias], 0.1)
     """
+    tensors = list(tensors)
+    if any(_dt.is_dtensor(t) for t in tensors):
+        return _dt.prox_many(tensors, lams, dim, method)
     tensors, lam_list, dims = check_many(tensors, lams, dim, method)
     checked = [i for i, t in enumerate(tensors) if val.should_validate(t)]
     if checked:
@@ -401,8 +404,6 @@ def check_many(
 ) -> tuple[list[torch.Tensor], list[val.Lam], list[int | None]]:
     """The static checks of :func:`prox_many` (no value is read): tensors, strengths, dims."""
     tensors = list(tensors)
-    if any(_dt.is_dtensor(t) for t in tensors):
-        return _dt.prox_many(tensors, lams, dim, method)
     check_method(method)
     if isinstance(lams, float | int | torch.Tensor):
         lam_list = [lams] * len(tensors)

@@ -3,8 +3,9 @@
 For a bare CUDA machine with its own python3 (torch, triton, numpy, scipy, pytest, hypothesis; no
 cvxpy, no network, no virtual environment). It makes the package importable from the checkout
 without installing anything (a tree of links, as the docs build uses), runs the CUDA cases of the
-conformance suite (test ids with ``cuda``, plus the CUDA-only tests), then the GPU benchmark, and
-writes ``pytest.txt``, ``junit.xml``, ``gpu_bench.json`` and ``gpu_bench.md`` to the output folder.
+conformance suite (test ids with ``cuda``, plus the CUDA-only tests), the DTensor/FSDP2 checks on
+NCCL, then the GPU benchmark, and writes ``pytest.txt``, ``junit.xml``, ``distributed.txt``,
+``gpu_bench.json`` and ``gpu_bench.md`` to the output folder.
 """
 
 from __future__ import annotations
@@ -55,11 +56,23 @@ def main(argv: list[str] | None = None) -> int:
     (out / "pytest.txt").write_text(tests.stdout + tests.stderr)
     print(tests.stdout[-4000:], tests.stderr[-2000:], sep="\n", flush=True)
     print(f"conformance: exit {tests.returncode} in {time.perf_counter() - started:.0f} s")
+    # the DTensor / FSDP2 checks on NCCL: one rank per device (one GPU still runs every path)
+    import torch
+
+    world = max(1, torch.cuda.device_count())
+    dist = subprocess.run(
+        [sys.executable, "-m", "conformance._distributed_worker", "--world", str(world),
+         "--backend", "nccl"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    (out / "distributed.txt").write_text(dist.stdout + dist.stderr)
+    print(dist.stdout[-2000:], dist.stderr[-2000:], sep="\n", flush=True)
+    print(f"distributed (NCCL, {world} rank(s)): exit {dist.returncode}")
     bench_cmd = [sys.executable, "-m", "conformance.benchmarks.gpu", "--out", str(out)]
     bench = subprocess.run(bench_cmd + (["--quick"] if args.quick else []), cwd=ROOT, env=env,
                            check=False)  # fmt: skip
     print(f"total {time.perf_counter() - started:.0f} s")
-    return tests.returncode or bench.returncode
+    return tests.returncode or dist.returncode or bench.returncode
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ def test_every_experiment_writes_summary_table_and_figures(smoke_runs, name: str
 
 
 def _check_shuffled_schema(summary: dict) -> None:
-    assert set(summary["models"]) == {"fc", "fc_wsr", "fc_l1", "cnn"}
+    assert {"fc", "fc_wsr", "fc_l1", "cnn"} <= set(summary["models"])
+    assert set(summary["models"]) <= {"fc", "fc_wsr", "fc_l1", "cnn", "fc_wsr_tied", "fc_wsr2"}
     for model in ("fc", "fc_wsr", "fc_l1", "cnn"):
         entry = summary["models"][model]
         for setting in ("original", "shuffled"):
@@ -89,6 +90,12 @@ def test_shuffled_pixels_summary_schema_mnist1d(smoke_runs) -> None:
     for model in ("fc", "fc_wsr", "fc_l1", "cnn"):
         assert 0.0 <= summary["models"][model]["sharing"] <= 1.0 + 1e-9
     assert summary["config"]["optimizer"] == "adam"
+    # the optional variants at fc_wsr's strength: retrain mode (tied fc1) and prox on fc2 too
+    for extra in ("fc_wsr_tied", "fc_wsr2"):
+        assert (
+            summary["models"][extra]["shuffled"]["lam"]
+            == summary["models"]["fc_wsr"]["shuffled"]["lam"]
+        )
     table = (folder / "table.md").read_text(encoding="utf-8")
     assert "published orig. (%)" in table and "| 94 |" in table
     assert (folder / "first_layer_heatmaps.png").is_file()
@@ -286,7 +293,7 @@ def test_symmetry_summary_schema(smoke_runs) -> None:
                 assert entry["free_parameters"] < kinds["dense"]["free_parameters"]
 
 
-@pytest.mark.req("EXP-40")
+@pytest.mark.req("EXP-40", "EXP-41")
 def test_factorization_summary_schema(smoke_runs) -> None:
     summary, _ = smoke_runs["factorization"]
     assert summary["dwf_runs"] and summary["pruning_runs"]
@@ -295,7 +302,22 @@ def test_factorization_summary_schema(smoke_runs) -> None:
         assert run["cr"] >= 1.0 or math.isinf(run["cr"])
     for run in summary["pruning_runs"]:
         assert run["cr"] == pytest.approx(run["target"], rel=0.01)
-    assert "magnitude pruning" in summary["matched"]
+    assert {r["finetuned"] for r in summary["pruning_runs"]} == {False, True}
+    assert {"magnitude pruning", "magnitude pruning + fine-tuning"} <= set(summary["matched"])
+    # the learning rate is tuned per depth on seed 0 over the whole lr grid
+    assert set(summary["chosen_lr"]) == {str(d) for d in summary["config"]["depths"]}
+    tuned = {(t["depth"], t["lr"]) for t in summary["lr_tuning"]}
+    assert tuned == {
+        (d, lr) for d in summary["config"]["depths"] for lr in summary["config"]["lr_grid"]
+    }
+
+
+@pytest.mark.req("EXP-41")
+def test_factorization_runs_on_mnist1d(tmp_path: Path) -> None:
+    summary = _smoke("factorization", tmp_path, "--dataset", "mnist1d")
+    assert summary["dataset"] == "mnist1d"
+    assert summary["split_sizes"] == {"train": 3600, "val": 400, "test": 1000}
+    assert all(0.0 <= r["test_acc"] <= 1.0 for r in summary["dwf_runs"])
 
 
 def _fake_cifar(folder: Path, per_batch: int = 20) -> None:

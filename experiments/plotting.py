@@ -150,3 +150,28 @@ def value_histogram(panels: Mapping[str, torch.Tensor], path: Path, bins: int = 
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def bands(
+    series: Mapping[str, Sequence[tuple[float, float, float]]],
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+) -> Path:
+    """Lines with ± std bands over a log x axis: ``series[name] = [(x, mean, std), ...]``."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.3))
+    for k, (name, pts) in enumerate(series.items()):
+        pts = sorted(pts)
+        if not pts:
+            continue
+        xs, ys, sd = (np.asarray(v, dtype=float) for v in zip(*pts, strict=True))
+        ls = "--" if "pruning" in name else "-"
+        ax.plot(xs, ys, marker="o", ms=2.5, lw=1, ls=ls, color=f"C{k}", label=name)
+        ax.fill_between(xs, ys - sd, ys + sd, color=f"C{k}", alpha=0.18, lw=0)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=6.5)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)

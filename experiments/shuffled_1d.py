@@ -27,6 +27,9 @@ from .train import StepConfig, adam, fit_steps
 MODELS = ("fc", "fc_wsr", "fc_l1", "cnn")
 REGULARISED = {"fc_wsr": "lam_grid", "fc_l1": "l1_grid"}  # model -> its strength grid
 SETTINGS = ("original", "shuffled")
+#: optional variants at fc_wsr's chosen lambda: the official retrain mode (``weightshare.tie``)
+#: and the prox on the second layer too (at lambda / 10)
+EXTRAS = ("fc_wsr_tied", "fc_wsr2")
 PERMUTATION_SEED = 1234
 #: the MNIST-1D README's table (test accuracy, %), for the models we re-run
 PUBLISHED = {
@@ -45,6 +48,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "l1_grid": [1e-3, 3e-3, 1e-2, 3e-2, 0.1],
         "window": 5,
         "templates": 25,
+        "extras": list(EXTRAS),
     },
     "quick": {
         "seeds": 1,
@@ -65,8 +69,17 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "l1_grid": [1e-3],
         "window": 5,
         "templates": 4,
+        "extras": list(EXTRAS),
     },
 }
+
+
+def _layerwise_adam(model: nn.Module, cfg: StepConfig) -> torch.optim.Optimizer:
+    """Adam with ``fc1`` and ``fc2`` in param groups of their own (each its own WSR strength)."""
+    own = [model.fc1.weight, model.fc2.weight]
+    rest = [p for p in model.parameters() if all(p is not q for q in own)]
+    groups = [{"params": [own[0]]}, {"params": [own[1]]}, {"params": rest}]
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _first_layer(model: nn.Module) -> torch.Tensor:
@@ -90,7 +103,7 @@ def _one_run(
     length = split.image_shape[-1]
     model = (CNN1D(length) if model_name == "cnn" else ResMLP1D(length)).to(ctx.device)
     hook = None
-    if model_name == "fc_wsr":
+    if model_name in ("fc_wsr", "fc_wsr_tied"):
 
         def hook(opt: torch.optim.Optimizer) -> Any:
             return ws.attach(opt, lam, params=[model.fc1.weight])
@@ -100,7 +113,22 @@ def _one_run(
         def hook(opt: torch.optim.Optimizer) -> Any:
             return ws.attach(opt, 0.0, params=[model.fc1.weight], l1=lam)
 
-    result = fit_steps(model, split, scfg, seed=seed, optimizer=adam, hook=hook)
+    elif model_name == "fc_wsr2":  # fc1 at lambda, fc2 at lambda/10 (the official torus ratio)
+
+        def hook(opt: torch.optim.Optimizer) -> Any:
+            handle = ws.attach(opt, lam, params=[model.fc1.weight, model.fc2.weight])
+            for group, group_lam in zip(opt.param_groups, (lam, lam / 10), strict=False):
+                group["wsr_lam"] = group_lam
+            return handle
+
+    optimizer = _layerwise_adam if model_name == "fc_wsr2" else adam
+    result = fit_steps(model, split, scfg, seed=seed, optimizer=optimizer, hook=hook)
+    if model_name == "fc_wsr_tied":  # the official retrain mode: tie fc1 to its clusters and
+        # train again, same budget, without the prox (the shared values stay shared)
+        ws.tie(model.fc1, "weight")
+        first = result["seconds"]
+        result = fit_steps(model, split, scfg, seed=seed, optimizer=adam)
+        result["seconds"] = round(first + result["seconds"], 3)
     weight = _first_layer(model).detach()
     if perm is not None:
         weight = metrics.unshuffle_columns(weight, perm)
@@ -108,7 +136,7 @@ def _one_run(
     result.update(
         seed=seed,
         lr=scfg.lr,
-        lam=lam if model_name in REGULARISED else 0.0,
+        lam=lam if model_name in REGULARISED or model_name in EXTRAS else 0.0,
         conv_likeness=likeness["locality"],
         sharing=likeness["sharing"],
         live_units=likeness["live_units"],
@@ -163,6 +191,13 @@ def run(ctx: Context, cfg: dict[str, Any], ws: Any) -> tuple[dict[str, Any], str
         for m in MODELS
         for s in SETTINGS
     }
+    for m in cfg.get("extras", []):
+        for s in SETTINGS:
+            chosen[(m, s)] = chosen[("fc_wsr", s)]
+            final[(m, s)] = [
+                go(m, s, chosen[(m, s)], seed, refit=True)
+                for seed in progress(range(ctx.seeds), ctx, f"{m} {s}")
+            ]
     summary = _summarise(ctx, cfg, final_split, chosen, final, tuning)
     table = _table(summary)
     figures = _figures(ctx, final, tuning, summary)
@@ -175,7 +210,7 @@ def _clean(run: dict[str, Any]) -> dict[str, Any]:
 
 def _summarise(ctx, cfg, split, chosen, final, tuning) -> dict[str, Any]:
     models: dict[str, Any] = {}
-    for m in MODELS:
+    for m in (*MODELS, *cfg.get("extras", [])):
         entry: dict[str, Any] = {}
         for s in SETTINGS:
             rs = final[(m, s)]
@@ -245,10 +280,16 @@ def _pub(summary: dict[str, Any], m: str, s: str) -> str:
 
 def _table(summary: dict[str, Any]) -> str:
     rows = []
-    for m in MODELS:
+    for m in summary["models"]:
         e = summary["models"][m]
         o, s = e["original"], e["shuffled"]
-        hp = f"λ {s['lam']:g}" if m == "fc_wsr" else f"μ {s['lam']:g}" if m == "fc_l1" else "–"
+        hp = (
+            f"λ {s['lam']:g}"
+            if m.startswith("fc_wsr")
+            else f"μ {s['lam']:g}"
+            if m == "fc_l1"
+            else "–"
+        )
         rows.append(
             [
                 f"`{m}`",

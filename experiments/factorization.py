@@ -42,7 +42,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "batch_size": 32,
         "hidden": [300, 100],
         "depths": [1, 2, 3, 4],
-        "lr_grid": [0.1, 0.3, 1.0],
+        "lr_grid": [0.1, 0.3, 0.5, 1.0],
         "tune_lams": [1e-3, 3.2e-3, 1e-2],
         "lam_grid": _FINE,
         "lam_grid_d1": _FINE[::4],  # L2 gives no sparsity: a coarse grid shows it

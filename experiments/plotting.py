@@ -109,12 +109,26 @@ def lines(
             capsize=2,
             label=name,
         )
+    return _finish(fig, ax, path, xlabel, ylabel, logx=logx)
+
+
+def _finish(
+    fig: plt.Figure,
+    ax: plt.Axes,
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+    *,
+    logx: bool,
+    legend_size: float = 7,
+) -> Path:
+    """Axis labels, legend and grid in the house style, then save."""
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=legend_size)
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -168,10 +182,4 @@ def bands(
         ls = "--" if "pruning" in name else "-"
         ax.plot(xs, ys, marker="o", ms=2.5, lw=1, ls=ls, color=f"C{k}", label=name)
         ax.fill_between(xs, ys - sd, ys + sd, color=f"C{k}", alpha=0.18, lw=0)
-    ax.set_xscale("log")
-    ax.set_xlabel(xlabel, fontsize=8)
-    ax.set_ylabel(ylabel, fontsize=8)
-    ax.tick_params(labelsize=7)
-    ax.legend(fontsize=6.5)
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return _finish(fig, ax, path, xlabel, ylabel, logx=True, legend_size=6.5)

@@ -20,7 +20,7 @@ from torch import nn
 
 from . import data as datasets
 from . import metrics, plotting
-from ._common import Context, fmt, markdown_table, mean_std, progress
+from ._common import Context, fmt, markdown_table, mean_std, progress, public
 from .models import CNN1D, ResMLP1D, conv1d_as_matrix
 from .train import StepConfig, adam, fit_steps
 
@@ -204,10 +204,6 @@ def run(ctx: Context, cfg: dict[str, Any], ws: Any) -> tuple[dict[str, Any], str
     return summary, table, figures
 
 
-def _clean(run: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in run.items() if not k.startswith("_")}
-
-
 def _summarise(ctx, cfg, split, chosen, final, tuning) -> dict[str, Any]:
     models: dict[str, Any] = {}
     for m in (*MODELS, *cfg.get("extras", [])):
@@ -226,7 +222,7 @@ def _summarise(ctx, cfg, split, chosen, final, tuning) -> dict[str, Any]:
                 "num_distinct": mean_std([r["num_distinct"] for r in rs]),
                 "zero_fraction": mean_std([r["zero_fraction"] for r in rs]),
                 "num_weights": rs[0]["num_weights"],
-                "runs": [_clean(r) for r in rs],
+                "runs": [public(r) for r in rs],
             }
         entry["conv_likeness"] = entry["original"]["conv_likeness"]["mean"]
         entry["conv_likeness_shuffled"] = entry["shuffled"]["conv_likeness"]["mean"]

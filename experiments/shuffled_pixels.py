@@ -20,7 +20,16 @@ from torch import nn
 
 from . import data as datasets
 from . import metrics, plotting, shuffled_1d
-from ._common import Context, fmt, markdown_table, mean_std, progress, require, write_results
+from ._common import (
+    Context,
+    fmt,
+    markdown_table,
+    mean_std,
+    progress,
+    public,
+    require,
+    write_results,
+)
 from .models import MLP, LocalCNN, Net2CNN, Net2FC, conv_as_matrix
 from .train import TrainConfig, fit, sgd
 
@@ -393,10 +402,6 @@ def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
     return summary, table, figures
 
 
-def _clean(run: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in run.items() if not k.startswith("_")}
-
-
 def _summarise(ctx, cfg, split, chosen, final, runs, image_shape, setup) -> dict[str, Any]:
     models: dict[str, Any] = {}
     for m in MODELS:
@@ -412,7 +417,7 @@ def _summarise(ctx, cfg, split, chosen, final, runs, image_shape, setup) -> dict
                 "num_distinct": mean_std([r["num_distinct"] for r in rs]),
                 "zero_fraction": mean_std([r["zero_fraction"] for r in rs]),
                 "num_weights": rs[0]["num_weights"],
-                "runs": [_clean(r) for r in rs],
+                "runs": [public(r) for r in rs],
             }
         entry["conv_likeness"] = entry["original"]["conv_likeness"]["mean"]
         entry["conv_likeness_shuffled"] = entry["shuffled"]["conv_likeness"]["mean"]

@@ -124,7 +124,7 @@ def _one_run(
     optimizer = _layerwise_adam if model_name == "fc_wsr2" else adam
     result = fit_steps(model, split, scfg, seed=seed, optimizer=optimizer, hook=hook)
     if model_name == "fc_wsr_tied":  # the official retrain mode: tie fc1 to its clusters and
-        # train again, same budget, without the prox (the shared values stay shared)
+        # train again for as many steps, without the prox (the shared values stay shared)
         ws.tie(model.fc1, "weight")
         first = result["seconds"]
         result = fit_steps(model, split, scfg, seed=seed, optimizer=adam)

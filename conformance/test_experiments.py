@@ -89,6 +89,7 @@ def test_shuffled_pixels_summary_schema_mnist1d(smoke_runs) -> None:
     assert 0.0 < anchors["random"]["locality"] < anchors["cnn_dense"]["locality"] == 1.0
     for model in ("fc", "fc_wsr", "fc_l1", "cnn"):
         assert 0.0 <= summary["models"][model]["sharing"] <= 1.0 + 1e-9
+        assert 0.0 < summary["models"][model]["shuffled"]["peak"]["mean"] <= 1.0 + 1e-9
     assert summary["config"]["optimizer"] == "adam"
     # the optional variants at fc_wsr's strength: retrain mode (tied fc1) and prox on fc2 too
     for extra in ("fc_wsr_tied", "fc_wsr2"):
@@ -390,6 +391,11 @@ def test_conv_likeness_1d_anchors() -> None:
     assert fit["locality"] == pytest.approx(1.0) and fit["sharing"] == pytest.approx(1.0)
     floor = metrics.random_conv_likeness_1d((256, 40), window=5, templates=25)
     assert 0.2 < floor["sharing"] < floor["locality"] < 0.4
+    # a unit that reads one input has peak 1; a 5-tap kernel spreads its energy
+    spikes = torch.zeros(3, 40)
+    spikes[torch.arange(3), torch.tensor([0, 7, 39])] = torch.tensor([1.0, -2.0, 0.5])
+    assert metrics.conv_likeness_1d(spikes, 5, 2)["peak"] == pytest.approx(1.0)
+    assert likeness["peak"] < 0.9
     # constant rows do not count (no pattern)
     assert metrics.conv_likeness_1d(torch.ones(4, 40), 5, 2)["live_units"] == 0
 

@@ -127,14 +127,19 @@ def shift_sharing(
 
 
 def conv_likeness_1d(weight: torch.Tensor, window: int, templates: int) -> dict[str, float]:
-    """Locality and shift-sharing (means over the non-constant units) and the live-unit count."""
-    _, alive = _centred_rows(weight)
+    """Locality and shift-sharing (means over the non-constant units), the live-unit count, and
+    ``peak``: the mean share of a unit's energy at its single largest position (1 for a unit that
+    reads one input, ``1/k`` at least for a flat kernel of width ``k``)."""
+    rows, alive = _centred_rows(weight)
     n = max(int(alive.sum()), 1)
     loc = locality_1d(weight, window)
     share, _ = shift_sharing(weight, window, templates)
+    energy = rows.pow(2)
+    peak = energy.max(1).values / energy.sum(1).clamp_min(1e-300)
     return {
         "locality": float(loc[alive].sum()) / n,
         "sharing": float(share[alive].sum()) / n,
+        "peak": float(peak[alive].sum()) / n,
         "live_units": int(alive.sum()),
     }
 

@@ -139,6 +139,7 @@ def _one_run(
         lam=lam if model_name in REGULARISED or model_name in EXTRAS else 0.0,
         conv_likeness=likeness["locality"],
         sharing=likeness["sharing"],
+        peak=likeness["peak"],
         live_units=likeness["live_units"],
         num_distinct=int(ws.num_distinct(weight)),
         zero_fraction=float(ws.zero_fraction(weight)),
@@ -219,6 +220,8 @@ def _summarise(ctx, cfg, split, chosen, final, tuning) -> dict[str, Any]:
                 "published": PUBLISHED.get(m, {}).get(s),
                 "conv_likeness": mean_std([r["conv_likeness"] for r in rs]),
                 "sharing": mean_std([r["sharing"] for r in rs]),
+                "peak": mean_std([r["peak"] for r in rs]),
+                "live_units": mean_std([r["live_units"] for r in rs]),
                 "num_distinct": mean_std([r["num_distinct"] for r in rs]),
                 "zero_fraction": mean_std([r["zero_fraction"] for r in rs]),
                 "num_weights": rs[0]["num_weights"],
@@ -229,7 +232,16 @@ def _summarise(ctx, cfg, split, chosen, final, tuning) -> dict[str, Any]:
         entry["sharing"] = entry["original"]["sharing"]["mean"]
         entry["sharing_shuffled"] = entry["shuffled"]["sharing"]["mean"]
         models[m] = entry
-    keep = ("val_acc", "test_acc", "conv_likeness", "sharing", "num_distinct", "zero_fraction")
+    keep = (
+        "val_acc",
+        "test_acc",
+        "conv_likeness",
+        "sharing",
+        "peak",
+        "live_units",
+        "num_distinct",
+        "zero_fraction",
+    )
     floor = metrics.random_conv_likeness_1d(
         tuple(final[("fc", "original")][0]["_weight"].shape), cfg["window"], cfg["templates"]
     )
@@ -295,6 +307,7 @@ def _table(summary: dict[str, Any]) -> str:
                 fmt(s),
                 f"{s['conv_likeness']['mean']:.3f}",
                 f"{s['sharing']['mean']:.3f}",
+                f"{s['peak']['mean']:.2f} / {s['live_units']['mean']:.0f}",
                 f"{s['num_distinct']['mean']:.0f} / {s['num_weights']}",
                 f"{s['zero_fraction']['mean']:.3f}",
                 hp,
@@ -308,6 +321,7 @@ def _table(summary: dict[str, Any]) -> str:
         "ours shuffled (%)",
         "locality (shuffled)",
         "sharing (shuffled)",
+        "peak / live units (shuffled)",
         "distinct / weights (shuffled)",
         "zeros (shuffled)",
         "chosen (shuffled)",
@@ -334,6 +348,8 @@ def _table(summary: dict[str, Any]) -> str:
             f"{100 * t['test_acc']:.1f}",
             f"{t['conv_likeness']:.3f}",
             f"{t['sharing']:.3f}",
+            f"{t['peak']:.2f}",
+            t["live_units"],
             t["num_distinct"],
             f"{t['zero_fraction']:.3f}",
         ]
@@ -347,6 +363,8 @@ def _table(summary: dict[str, Any]) -> str:
         "test (%)",
         "locality",
         "sharing",
+        "peak",
+        "live units",
         "distinct",
         "zeros",
     ]

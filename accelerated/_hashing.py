@@ -190,7 +190,7 @@ def neighborhood(
 
 
 def dense(shape: int | Sequence[int], *, device: Device = None) -> torch.Tensor:
-    r"""The identity table $H_i = i$ (C order): a dense weight as a hash, $K = $ numel (HASH-7).
+    r"""The identity table $H_i = i$ (C order): a dense weight as a hash, $K$ = numel (HASH-7).
 
     Args:
         shape: The weight's shape (positive ints).

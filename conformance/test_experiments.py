@@ -19,10 +19,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conformance.offline import unrendered_math, unrendered_math_in
 from experiments import EXPERIMENTS, data, metrics
 from experiments._common import MissingDependencyError, require
 from experiments.cli import main, run_experiment
-from experiments.models import LocalCNN, Net2CNN, conv_as_matrix
+from experiments.models import CNN1D, LocalCNN, Net2CNN, conv1d_as_matrix, conv_as_matrix
 
 
 def _smoke(name: str, out: Path, *extra: str) -> dict:
@@ -59,10 +60,9 @@ def test_every_experiment_writes_summary_table_and_figures(smoke_runs, name: str
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.req("EXP-10")
-def test_shuffled_pixels_summary_schema(smoke_runs) -> None:
-    summary, _ = smoke_runs["shuffled-pixels"]
-    assert set(summary["models"]) == {"fc", "fc_wsr", "fc_l1", "cnn"}
+def _check_shuffled_schema(summary: dict) -> None:
+    assert {"fc", "fc_wsr", "fc_l1", "cnn"} <= set(summary["models"])
+    assert set(summary["models"]) <= {"fc", "fc_wsr", "fc_l1", "cnn", "fc_wsr_tied", "fc_wsr2"}
     for model in ("fc", "fc_wsr", "fc_l1", "cnn"):
         entry = summary["models"][model]
         for setting in ("original", "shuffled"):
@@ -71,10 +71,43 @@ def test_shuffled_pixels_summary_schema(smoke_runs) -> None:
             assert 1 <= entry[setting]["num_distinct"]["mean"] <= entry[setting]["num_weights"]
             assert 0.0 <= entry[setting]["zero_fraction"]["mean"] <= 1.0
         assert 0.0 <= entry["conv_likeness"] <= 1.0
-    # the CNN's first layer is a 3x3 conv: its equivalent matrix is local by construction
+    # the CNN's first layer is a conv: its equivalent matrix is local by construction
     assert summary["models"]["cnn"]["conv_likeness"] == pytest.approx(1.0)
     assert summary["models"]["fc_wsr"]["original"]["lam"] > 0
     assert summary["models"]["fc"]["original"]["lam"] == 0
+
+
+@pytest.mark.req("EXP-10", "EXP-14")
+def test_shuffled_pixels_summary_schema_mnist1d(smoke_runs) -> None:
+    summary, folder = smoke_runs["shuffled-pixels"]
+    assert summary["dataset"] == "mnist1d"  # the default data set of this experiment
+    _check_shuffled_schema(summary)
+    assert summary["split_sizes"] == {"train": 4000, "val": 400, "test": 1000}
+    assert summary["models"]["cnn"]["original"]["published"] == 94.0
+    assert summary["models"]["fc"]["shuffled"]["published"] == 68.0
+    anchors = summary["anchors"]
+    assert 0.0 < anchors["random"]["locality"] < anchors["cnn_dense"]["locality"] == 1.0
+    for model in ("fc", "fc_wsr", "fc_l1", "cnn"):
+        assert 0.0 <= summary["models"][model]["sharing"] <= 1.0 + 1e-9
+        assert 0.0 < summary["models"][model]["shuffled"]["peak"]["mean"] <= 1.0 + 1e-9
+    assert summary["config"]["optimizer"] == "adam"
+    # the optional variants at fc_wsr's strength: retrain mode (tied fc1) and prox on fc2 too
+    for extra in ("fc_wsr_tied", "fc_wsr2"):
+        assert (
+            summary["models"][extra]["shuffled"]["lam"]
+            == summary["models"]["fc_wsr"]["shuffled"]["lam"]
+        )
+    table = (folder / "table.md").read_text(encoding="utf-8")
+    assert "published orig. (%)" in table and "| 94 |" in table
+    assert (folder / "first_layer_heatmaps.png").is_file()
+    assert (folder / "shared_values.png").is_file()
+
+
+@pytest.mark.req("EXP-10")
+def test_shuffled_pixels_summary_schema_digits(tmp_path: Path) -> None:
+    summary = _smoke("shuffled-pixels", tmp_path, "--dataset", "digits")
+    assert summary["dataset"] == "digits"
+    _check_shuffled_schema(summary)
     sweep = {(t["model"], t["strength"]) for t in summary["tuning"] if t["setting"] == "original"}
     assert ("fc_wsr", summary["config"]["lam_grid"][0]) in sweep
 
@@ -261,7 +294,7 @@ def test_symmetry_summary_schema(smoke_runs) -> None:
                 assert entry["free_parameters"] < kinds["dense"]["free_parameters"]
 
 
-@pytest.mark.req("EXP-40")
+@pytest.mark.req("EXP-40", "EXP-41")
 def test_factorization_summary_schema(smoke_runs) -> None:
     summary, _ = smoke_runs["factorization"]
     assert summary["dwf_runs"] and summary["pruning_runs"]
@@ -270,7 +303,22 @@ def test_factorization_summary_schema(smoke_runs) -> None:
         assert run["cr"] >= 1.0 or math.isinf(run["cr"])
     for run in summary["pruning_runs"]:
         assert run["cr"] == pytest.approx(run["target"], rel=0.01)
-    assert "magnitude pruning" in summary["matched"]
+    assert {r["finetuned"] for r in summary["pruning_runs"]} == {False, True}
+    assert {"magnitude pruning", "magnitude pruning + fine-tuning"} <= set(summary["matched"])
+    # the learning rate is tuned per depth on seed 0 over the whole lr grid
+    assert set(summary["chosen_lr"]) == {str(d) for d in summary["config"]["depths"]}
+    tuned = {(t["depth"], t["lr"]) for t in summary["lr_tuning"]}
+    assert tuned == {
+        (d, lr) for d in summary["config"]["depths"] for lr in summary["config"]["lr_grid"]
+    }
+
+
+@pytest.mark.req("EXP-41")
+def test_factorization_runs_on_mnist1d(tmp_path: Path) -> None:
+    summary = _smoke("factorization", tmp_path, "--dataset", "mnist1d")
+    assert summary["dataset"] == "mnist1d"
+    assert summary["split_sizes"] == {"train": 3600, "val": 400, "test": 1000}
+    assert all(0.0 <= r["test_acc"] <= 1.0 for r in summary["dwf_runs"])
 
 
 def _fake_cifar(folder: Path, per_batch: int = 20) -> None:
@@ -300,3 +348,71 @@ def test_cifar10_official_models_run_on_local_pickles(tmp_path: Path) -> None:
     assert summary["models"]["cnn"]["conv_likeness"] == pytest.approx(1.0)
     for model in ("fc", "fc_wsr", "fc_l1", "cnn"):
         _acc(summary["models"][model]["shuffled"])
+
+
+@pytest.mark.req("EXP-14")
+def test_mnist1d_is_generated_locally_with_a_validation_slice() -> None:
+    tune, final = data.load("mnist1d", None), data.load_mnist1d(refit=True)
+    assert tune.image_shape == final.image_shape == (1, 1, 40)
+    assert tune.sizes == {"train": 3600, "val": 400, "test": 1000}
+    assert final.sizes == {"train": 4000, "val": 400, "test": 1000}
+    # the official test set, the same however the training set is split
+    torch.testing.assert_close(tune.x_test, final.x_test)
+    assert torch.bincount(final.y_test, minlength=10).min() > 50
+    # validation and tuning-train are disjoint and together make up the 4,000 training signals
+    both = torch.cat([tune.x_train, tune.x_val]).flatten(1)
+    assert len(torch.unique(both, dim=0)) == 4000
+    assert abs(float(final.x_train.mean())) < 0.05 and abs(float(final.x_train.std()) - 1) < 0.05
+    torch.testing.assert_close(data.load_mnist1d().x_val, tune.x_val)  # fixed by the seed
+
+
+@pytest.mark.req("EXP-15")
+def test_conv_likeness_1d_anchors() -> None:
+    torch.manual_seed(0)
+    conv1 = CNN1D().conv1
+    cnn = conv1d_as_matrix(conv1, 40)
+    assert cnn.shape == (25 * 19, 40)
+    x = torch.randn(3, 1, 40)
+    with torch.no_grad():  # the dense matrix computes the conv (bias excluded)
+        torch.testing.assert_close(
+            (x.flatten(1) @ cnn.T).view(3, 25, 19), conv1(x) - conv1.bias[:, None]
+        )
+    likeness = metrics.conv_likeness_1d(cnn, window=5, templates=25)
+    assert likeness["locality"] == pytest.approx(1.0)
+    assert likeness["sharing"] > 0.95  # edge units see a truncated kernel
+    # rows that are scaled translates of 2 templates are explained exactly by 2 templates
+    rng = np.random.default_rng(0)
+    t = rng.standard_normal((2, 5))
+    rows = np.zeros((30, 40))
+    for u in range(30):
+        p = int(rng.integers(0, 36))
+        rows[u, p : p + 5] = rng.uniform(0.5, 2) * t[u % 2]
+    fit = metrics.conv_likeness_1d(torch.from_numpy(rows), window=5, templates=2)
+    assert fit["locality"] == pytest.approx(1.0) and fit["sharing"] == pytest.approx(1.0)
+    floor = metrics.random_conv_likeness_1d((256, 40), window=5, templates=25)
+    assert 0.2 < floor["sharing"] < floor["locality"] < 0.4
+    # a unit that reads one input has peak 1; a 5-tap kernel spreads its energy
+    spikes = torch.zeros(3, 40)
+    spikes[torch.arange(3), torch.tensor([0, 7, 39])] = torch.tensor([1.0, -2.0, 0.5])
+    assert metrics.conv_likeness_1d(spikes, 5, 2)["peak"] == pytest.approx(1.0)
+    assert likeness["peak"] < 0.9
+    # constant rows do not count (no pattern)
+    assert metrics.conv_likeness_1d(torch.ones(4, 40), 5, 2)["live_units"] == 0
+
+
+@pytest.mark.req("EXP-16")
+def test_unrendered_math_is_found_outside_math_and_code(tmp_path: Path) -> None:
+    # the bug that was on the shuffled-pixels page: $$...$$ inside a paragraph
+    bug = '<p>centred):\n$<span class="arithmatex">\\(s_u\\)</span>$\nthe share</p>'
+    assert [t for _, t in unrendered_math_in(bug)] == ["centred): $", "$ the share"]
+    assert unrendered_math_in("<p>a hash, $K = $ numel</p>") == [(1, "a hash, $K = $ numel")]
+    fine = (
+        '<p>cost <span class="arithmatex">\\($x\\)</span> and <code>echo $HOME</code></p>'
+        '<div class="arithmatex">\\[ a \\]</div><pre><code>x = "$"</code></pre>'
+        "<script>var s = '$';</script><p>no math<br>here</p>"
+    )
+    assert unrendered_math_in(fine) == []
+    (tmp_path / "page").mkdir()
+    (tmp_path / "page" / "index.html").write_text(bug, encoding="utf-8")
+    found = unrendered_math(tmp_path)
+    assert any("page/index.html" in line and "): $" in line for line in found)

@@ -100,6 +100,11 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def public(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's results without its private entries (keys starting with ``_``, e.g. weights)."""
+    return {k: v for k, v in run.items() if not k.startswith("_")}
+
+
 def strict_json(value: Any) -> Any:
     """``value`` with every NaN/inf float replaced by None, so it is valid (strict) JSON."""
     if isinstance(value, float) and not math.isfinite(value):

@@ -29,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dataset",
         default=None,
-        help="digits (default), mnist, mnist-torus or cifar10 (the last three need --data-dir)",
+        help="mnist1d (shuffled-pixels' default), digits (the others' default), digits-torus, "
+        "mnist, mnist-torus or cifar10 (the last three need --data-dir)",
     )
     p.add_argument("--out", type=Path, default=Path("results"), help="output root (results/)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -42,7 +43,11 @@ def run_experiment(argv: list[str] | None = None) -> dict[str, Any]:
     args = _parser().parse_args(argv)
     preset = "smoke" if args.smoke else "quick" if args.quick else "full"
     module = importlib.import_module(EXPERIMENTS[args.name], __package__)
-    cfg = dict(module.CONFIGS[preset])
+    dataset = args.dataset or module.CONFIGS[preset].get("dataset", "digits")
+    if hasattr(module, "config_for"):
+        cfg = module.config_for(preset, dataset)
+    else:
+        cfg = dict(module.CONFIGS[preset])
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda was asked for but torch sees no CUDA device")
@@ -54,7 +59,7 @@ def run_experiment(argv: list[str] | None = None) -> dict[str, Any]:
         seeds=args.seeds if args.seeds is not None else cfg["seeds"],
         data_dir=args.data_dir,
         progress=not args.no_progress,
-        dataset=args.dataset or cfg.get("dataset", "digits"),
+        dataset=dataset,
     )
     if ctx.seeds < 1:
         raise SystemExit("--seeds must be at least 1")

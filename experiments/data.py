@@ -1,11 +1,14 @@
-"""Data sets as in-memory tensors: digits (default, bundled), MNIST, 14x14-torus MNIST, CIFAR-10.
+"""Data sets as in-memory tensors: digits (bundled), MNIST-1D (generated), MNIST, 14x14-torus
+MNIST, CIFAR-10.
 
-Nothing is downloaded. MNIST and CIFAR-10 are read from ``--data-dir`` (MNIST idx files, plain or
-gzipped; CIFAR-10 python pickles) and a missing file raises :class:`FileNotFoundError` naming it.
+Nothing is downloaded: MNIST-1D is generated locally by the ``mnist1d`` package. MNIST and
+CIFAR-10 are read from ``--data-dir`` (MNIST idx files, plain or gzipped; CIFAR-10 python
+pickles) and a missing file raises :class:`FileNotFoundError` naming it.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import pickle
 import struct
@@ -225,7 +228,49 @@ def load_digits_torus(seed: int = 0) -> Split:
     )
 
 
-DATASETS = ("digits", "digits-torus", "mnist", "mnist-torus", "cifar10")
+MNIST1D_VAL = 400  # the validation slice carved (stratified) out of MNIST-1D's 4,000 train
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist1d_arrays() -> dict[str, np.ndarray]:
+    """MNIST-1D as the ``mnist1d`` package generates it with its default arguments (seed 42)."""
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as err:  # pragma: no cover - the experiments extra installs it
+        raise FileNotFoundError(
+            "MNIST-1D needs the mnist1d package (pip install -e '.[experiments]')"
+        ) from err
+    state = np.random.get_state()  # noqa: NPY002 - make_dataset seeds NumPy's global generator: restore it
+    try:
+        d = make_dataset(get_dataset_args())
+    finally:
+        np.random.set_state(state)  # noqa: NPY002
+    return {k: np.asarray(d[k]) for k in ("x", "y", "x_test", "y_test")}
+
+
+def load_mnist1d(seed: int = 0, refit: bool = False) -> Split:
+    """MNIST-1D (Greydanus & Kobak): 4,000 train / 1,000 test signals of length 40, as
+    ``(N, 1, 1, 40)`` tensors, already standardised by the generator.
+
+    The validation set is a random slice of ``MNIST1D_VAL`` training examples (fixed by
+    ``seed``) and training uses the other 3,600; with ``refit`` training uses all 4,000 (the
+    final runs, after the hyper-parameters were chosen on the validation set, which is then
+    part of the training set) and the test set is always the official 1,000.
+    """
+    arr = _mnist1d_arrays()
+    x = torch.from_numpy(arr["x"].astype(np.float32)).reshape(-1, 1, 1, arr["x"].shape[-1])
+    y = arr["y"].astype(np.int64)
+    picked = np.random.default_rng(seed).permutation(len(y))
+    tr, va = np.sort(picked[MNIST1D_VAL:]), np.sort(picked[:MNIST1D_VAL])
+    if refit:
+        tr = np.arange(len(y))
+    xt = torch.from_numpy(arr["x_test"].astype(np.float32)).reshape(-1, 1, 1, x.shape[-1])
+    yt = torch.from_numpy(arr["y_test"].astype(np.int64))
+    yy = torch.from_numpy(y)
+    return Split(x[tr], yy[tr], x[va], yy[va], xt, yt, name="mnist1d")
+
+
+DATASETS = ("digits", "digits-torus", "mnist1d", "mnist", "mnist-torus", "cifar10")
 
 
 def load(name: str, data_dir: Path | None, seed: int = 0) -> Split:
@@ -234,6 +279,8 @@ def load(name: str, data_dir: Path | None, seed: int = 0) -> Split:
         return load_digits(seed)
     if name == "digits-torus":
         return load_digits_torus(seed)
+    if name == "mnist1d":
+        return load_mnist1d(seed)
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {DATASETS}")
     if data_dir is None:

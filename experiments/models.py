@@ -124,6 +124,51 @@ class Net2CNN(nn.Module):
         return self.fc3(x.mean(dim=(-2, -1)))
 
 
+class ResMLP1D(nn.Module):
+    """The MNIST-1D reference MLP: ``h = relu(fc1 x)``, ``h = h + relu(fc2 h)``, ``fc3 h``."""
+
+    def __init__(self, in_features: int = 40, hidden: int = 256, num_classes: int = 10) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.fc3 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x.flatten(1)))
+        h = h + torch.relu(self.fc2(h))
+        return self.fc3(h)
+
+
+class CNN1D(nn.Module):
+    """The MNIST-1D reference CNN: three Conv1d (kernels 5, 3, 3; stride 2; padding 1), a linear
+    classifier on the flattened ``channels * 5`` features (for signals of length 40)."""
+
+    def __init__(self, length: int = 40, channels: int = 25, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv1d(1, channels, 5, stride=2, padding=1)
+        self.conv2 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        self.conv3 = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
+        n = length
+        for k in (5, 3, 3):
+            n = (n + 2 - k) // 2 + 1
+        self.fc = nn.Linear(channels * n, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.reshape(len(x), 1, -1)
+        for conv in (self.conv1, self.conv2, self.conv3):
+            h = torch.relu(conv(h))
+        return self.fc(h.flatten(1))
+
+
+def conv1d_as_matrix(conv: nn.Conv1d, length: int) -> torch.Tensor:
+    """The dense matrix ``(C_out*L', C*L)`` of a 1-D conv layer (bias excluded), by probing."""
+    c = conv.in_channels
+    eye = torch.eye(c * length, device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        out = conv._conv_forward(eye.view(-1, c, length), conv.weight, None)
+    return out.flatten(1).T.contiguous()
+
+
 def conv_as_matrix(conv: nn.Conv2d, image_shape: tuple[int, int, int]) -> torch.Tensor:
     """The dense matrix ``(C_out*H'*W', C*H*W)`` of a conv layer (bias excluded), by probing.
 

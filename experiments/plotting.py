@@ -87,9 +87,13 @@ def lines(
     ylabel: str,
     logx: bool = False,
     connect: bool = True,
+    hlines: Mapping[str, float] | None = None,
 ) -> Path:
-    """Points joined in x order (unjoined unless ``connect``): ``series[name] = (x, y, yerr)``."""
+    """Points joined in x order (unjoined unless ``connect``): ``series[name] = (x, y, yerr)``;
+    ``hlines[name] = y`` adds dashed reference lines."""
     fig, ax = plt.subplots(figsize=(4.6, 3.0))
+    for k, (name, y) in enumerate((hlines or {}).items()):
+        ax.axhline(y, ls="--", lw=1, color=f"C{k + 5}", label=name)
     for name, (xs, ys, err) in series.items():
         order = np.argsort(np.asarray(xs, dtype=float), kind="stable")
         xs, ys = [xs[i] for i in order], [ys[i] for i in order]
@@ -105,11 +109,77 @@ def lines(
             capsize=2,
             label=name,
         )
+    return _finish(fig, ax, path, xlabel, ylabel, logx=logx)
+
+
+def _finish(
+    fig: plt.Figure,
+    ax: plt.Axes,
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+    *,
+    logx: bool,
+    legend_size: float = 7,
+) -> Path:
+    """Axis labels, legend and grid in the house style, then save."""
     if logx:
         ax.set_xscale("log")
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=legend_size)
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def heatmaps(panels: Mapping[str, torch.Tensor], path: Path) -> Path:
+    """First-layer matrices as heat maps, one panel each: rows (units) sorted by the position of
+    their largest median-centred weight, each row scaled to its own maximum magnitude."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels), 3.2), squeeze=False)
+    for ax, (title, weight) in zip(axes.flat, panels.items(), strict=True):
+        w = weight.detach().cpu().double()
+        w = w - w.median(dim=1, keepdim=True).values
+        scale = w.abs().max(dim=1, keepdim=True).values
+        w = torch.where(scale > 0, w / scale.clamp_min(1e-300), torch.zeros_like(w))
+        order = torch.argsort(w.abs().argmax(1), stable=True)
+        ax.imshow(
+            w[order].numpy(), cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest"
+        )
+        ax.set_title(title, fontsize=7)
+        ax.set_xlabel("input position", fontsize=7)
+        ax.tick_params(labelsize=6)
+    axes.flat[0].set_ylabel("unit (sorted by peak)", fontsize=7)
+    return _save(fig, path)
+
+
+def value_histogram(panels: Mapping[str, torch.Tensor], path: Path, bins: int = 200) -> Path:
+    """Histograms (log counts) of the values of each weight matrix: shared values are spikes."""
+    fig, ax = plt.subplots(figsize=(4.6, 2.8))
+    for name, weight in panels.items():
+        vals = weight.detach().cpu().double().flatten().numpy()
+        ax.hist(vals, bins=bins, histtype="step", log=True, label=name)
+    ax.set_xlabel("first-layer weight value", fontsize=8)
+    ax.set_ylabel("count", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def bands(
+    series: Mapping[str, Sequence[tuple[float, float, float]]],
+    path: Path,
+    xlabel: str,
+    ylabel: str,
+) -> Path:
+    """Lines with ± std bands over a log x axis: ``series[name] = [(x, mean, std), ...]``."""
+    fig, ax = plt.subplots(figsize=(5.2, 3.3))
+    for k, (name, pts) in enumerate(series.items()):
+        pts = sorted(pts)
+        if not pts:
+            continue
+        xs, ys, sd = (np.asarray(v, dtype=float) for v in zip(*pts, strict=True))
+        ls = "--" if "pruning" in name else "-"
+        ax.plot(xs, ys, marker="o", ms=2.5, lw=1, ls=ls, color=f"C{k}", label=name)
+        ax.fill_between(xs, ys - sd, ys + sd, color=f"C{k}", alpha=0.18, lw=0)
+    return _finish(fig, ax, path, xlabel, ylabel, logx=True, legend_size=6.5)

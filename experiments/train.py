@@ -50,6 +50,68 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 10
     return correct / max(len(y), 1)
 
 
+@dataclass(frozen=True)
+class StepConfig:
+    """The MNIST-1D reference training: Adam at a constant learning rate for ``steps`` minibatches
+    taken in order from the training set (wrapping around), no schedule."""
+
+    steps: int
+    lr: float = 1e-2
+    batch_size: int = 100
+    weight_decay: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def adam(model: nn.Module, cfg: StepConfig) -> torch.optim.Optimizer:
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def fit_steps(
+    model: nn.Module,
+    data: Split,
+    cfg: StepConfig,
+    *,
+    seed: int,
+    optimizer: Callable[[nn.Module, StepConfig], torch.optim.Optimizer] = adam,
+    hook: Hook | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` in place as the MNIST-1D notebooks do; same result keys as :func:`fit`.
+
+    Batch ``t`` is ``x_train[(t * B) % N : (t * B) % N + B]``, so the order is fixed and ``seed``
+    only matters to the caller's initialisation (and to anything random in the model).
+    """
+    seed_everything(seed)
+    opt = optimizer(model, cfg)
+    handle = hook(opt) if hook is not None else None
+    loss_fn = nn.CrossEntropyLoss()
+    n, b = len(data.y_train), cfg.batch_size
+    start, losses, diverged = time.perf_counter(), [], False
+    model.train()
+    for step in range(cfg.steps):
+        i = (step * b) % n
+        loss = loss_fn(model(data.x_train[i : i + b]), data.y_train[i : i + b])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if not math.isfinite(losses[-1]):
+            diverged = True
+            break
+    seconds = time.perf_counter() - start
+    del handle
+    tail = losses[-max(1, n // b) :]
+    return {
+        "train_loss": sum(tail) / len(tail),
+        "diverged": diverged,
+        "train_acc": accuracy(model, data.x_train, data.y_train),
+        "val_acc": accuracy(model, data.x_val, data.y_val),
+        "test_acc": accuracy(model, data.x_test, data.y_test),
+        "seconds": round(seconds, 3),
+    }
+
+
 def fit(
     model: nn.Module,
     data: Split,

@@ -1,0 +1,423 @@
+"""The WSR headline on MNIST-1D (``shuffled-pixels --dataset mnist1d``, the default).
+
+The MNIST-1D reference models and training (Greydanus & Kobak 2024): the residual MLP
+``40 -> 256 -> 256 -> 10`` (``fc``) and the three-layer Conv1d net (``cnn``), Adam at lr 1e-2,
+batches of 100 in order, a fixed number of steps. ``fc_wsr`` is the MLP with ``weightshare.attach``
+on its first layer (one vector per tensor, strength lambda from a validation grid); ``fc_l1`` is
+the l1-prox control. Every model runs on the original signals and on signals whose 40 positions
+are shuffled by one fixed permutation (the same for train and test).
+
+Hyper-parameters are chosen on a validation slice of 400 training examples (seed 0, the other
+3,600 train); the final runs train on all 4,000 and report the official 1,000 test examples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import data as datasets
+from . import metrics, plotting
+from ._common import Context, fmt, markdown_table, mean_std, progress, public
+from .models import CNN1D, ResMLP1D, conv1d_as_matrix
+from .train import StepConfig, adam, fit_steps
+
+MODELS = ("fc", "fc_wsr", "fc_l1", "cnn")
+REGULARISED = {"fc_wsr": "lam_grid", "fc_l1": "l1_grid"}  # model -> its strength grid
+SETTINGS = ("original", "shuffled")
+#: optional variants at fc_wsr's chosen lambda: the official retrain mode (``weightshare.tie``)
+#: and the prox on the second layer too (at lambda / 10)
+EXTRAS = ("fc_wsr_tied", "fc_wsr2")
+PERMUTATION_SEED = 1234
+#: the MNIST-1D README's table (test accuracy, %), for the models we re-run
+PUBLISHED = {
+    "fc": {"original": 68.0, "shuffled": 68.0},
+    "cnn": {"original": 94.0, "shuffled": 56.0},
+}
+PUBLISHED_OTHER = {"logistic regression": (32.0, 32.0), "GRU": (91.0, 57.0)}
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "full": {
+        "seeds": 5,
+        "steps": 8000,
+        "lr": 1e-2,
+        "batch_size": 100,
+        "lam_grid": [1e-2, 3e-2, 0.1, 0.2, 0.3, 0.5],
+        "l1_grid": [1e-3, 3e-3, 1e-2, 3e-2, 0.1],
+        "window": 5,
+        "templates": 25,
+        "extras": list(EXTRAS),
+    },
+    "quick": {  # the strengths the full run chose on validation (shuffled)
+        "seeds": 2,
+        "steps": 4000,
+        "lr": 1e-2,
+        "batch_size": 100,
+        "lam_grid": [0.03],
+        "l1_grid": [0.03],
+        "window": 5,
+        "templates": 25,
+    },
+    "smoke": {
+        "seeds": 1,
+        "steps": 40,
+        "lr": 1e-2,
+        "batch_size": 100,
+        "lam_grid": [0.3],
+        "l1_grid": [1e-3],
+        "window": 5,
+        "templates": 4,
+        "extras": list(EXTRAS),
+    },
+}
+
+
+def _layerwise_adam(model: nn.Module, cfg: StepConfig) -> torch.optim.Optimizer:
+    """Adam with ``fc1`` and ``fc2`` in param groups of their own (each its own WSR strength)."""
+    own = [model.fc1.weight, model.fc2.weight]
+    rest = [p for p in model.parameters() if all(p is not q for q in own)]
+    groups = [{"params": [own[0]]}, {"params": [own[1]]}, {"params": rest}]
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _first_layer(model: nn.Module) -> torch.Tensor:
+    if isinstance(model, CNN1D):
+        return conv1d_as_matrix(model.conv1, 40)
+    return model.fc1.weight
+
+
+def _one_run(
+    ws: Any,
+    model_name: str,
+    split: datasets.Split,
+    perm: torch.Tensor | None,
+    scfg: StepConfig,
+    lam: float,
+    cfg: dict[str, Any],
+    seed: int,
+    ctx: Context,
+) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    length = split.image_shape[-1]
+    model = (CNN1D(length) if model_name == "cnn" else ResMLP1D(length)).to(ctx.device)
+    hook = None
+    if model_name in ("fc_wsr", "fc_wsr_tied"):
+
+        def hook(opt: torch.optim.Optimizer) -> Any:
+            return ws.attach(opt, lam, params=[model.fc1.weight])
+
+    elif model_name == "fc_l1":  # the control: the l1 prox only (soft-thresholding)
+
+        def hook(opt: torch.optim.Optimizer) -> Any:
+            return ws.attach(opt, 0.0, params=[model.fc1.weight], l1=lam)
+
+    elif model_name == "fc_wsr2":  # fc1 at lambda, fc2 at lambda/10 (the official torus ratio)
+
+        def hook(opt: torch.optim.Optimizer) -> Any:
+            handle = ws.attach(opt, lam, params=[model.fc1.weight, model.fc2.weight])
+            for group, group_lam in zip(opt.param_groups, (lam, lam / 10), strict=False):
+                group["wsr_lam"] = group_lam
+            return handle
+
+    optimizer = _layerwise_adam if model_name == "fc_wsr2" else adam
+    result = fit_steps(model, split, scfg, seed=seed, optimizer=optimizer, hook=hook)
+    if model_name == "fc_wsr_tied":  # the official retrain mode: tie fc1 to its clusters and
+        # train again for as many steps, without the prox (the shared values stay shared)
+        ws.tie(model.fc1, "weight")
+        first = result["seconds"]
+        result = fit_steps(model, split, scfg, seed=seed, optimizer=adam)
+        result["seconds"] = round(first + result["seconds"], 3)
+    weight = _first_layer(model).detach()
+    if perm is not None:
+        weight = metrics.unshuffle_columns(weight, perm)
+    likeness = metrics.conv_likeness_1d(weight, cfg["window"], cfg["templates"])
+    result.update(
+        seed=seed,
+        lr=scfg.lr,
+        lam=lam if model_name in REGULARISED or model_name in EXTRAS else 0.0,
+        conv_likeness=likeness["locality"],
+        sharing=likeness["sharing"],
+        peak=likeness["peak"],
+        live_units=likeness["live_units"],
+        num_distinct=int(ws.num_distinct(weight)),
+        zero_fraction=float(ws.zero_fraction(weight)),
+        num_weights=int(weight.numel()),
+    )
+    result["_weight"] = weight.cpu()
+    return result
+
+
+def run(ctx: Context, cfg: dict[str, Any], ws: Any) -> tuple[dict[str, Any], str, list]:
+    tune_split = datasets.load_mnist1d(refit=False).to(ctx.device)
+    final_split = datasets.load_mnist1d(refit=True).to(ctx.device)
+    perm = datasets.pixel_permutation(final_split.image_shape, PERMUTATION_SEED)
+    splits = {
+        (False, "original"): tune_split,
+        (False, "shuffled"): datasets.permute_pixels(tune_split, perm),
+        (True, "original"): final_split,
+        (True, "shuffled"): datasets.permute_pixels(final_split, perm),
+    }
+    scfg = StepConfig(cfg["steps"], cfg["lr"], cfg["batch_size"])
+
+    def go(model: str, setting: str, lam: float, seed: int, refit: bool) -> dict[str, Any]:
+        p = perm if setting == "shuffled" else None
+        return _one_run(ws, model, splits[(refit, setting)], p, scfg, lam, cfg, seed, ctx)
+
+    # 1. strengths on the validation slice (seed 0, 3,600 train); a one-point grid needs no run
+    tuning: dict[tuple[str, str, float], dict[str, Any]] = {}
+    # the unregularised MLP on the same split is the reference point of the sweep
+    jobs = [("fc", s, 0.0) for s in SETTINGS] + [
+        (m, s, v) for m, grid in REGULARISED.items() for s in SETTINGS for v in cfg[grid]
+    ]
+    if any(len(cfg[g]) > 1 for g in REGULARISED.values()):
+        for job in progress(jobs, ctx, "tune strength"):
+            tuning[job] = go(*job, 0, refit=False)
+    chosen: dict[tuple[str, str], float] = {(m, s): 0.0 for m in ("fc", "cnn") for s in SETTINGS}
+    for m, grid in REGULARISED.items():
+        for s in SETTINGS:
+            # ties go to the stronger regulariser (more sharing/sparsity at equal accuracy)
+            chosen[(m, s)] = max(
+                cfg[grid],
+                key=lambda v, m=m, s=s: (tuning[(m, s, v)]["val_acc"], v) if tuning else (0, v),
+            )
+
+    # 2. the chosen configurations on all 4,000 training examples, every seed
+    final = {
+        (m, s): [
+            go(m, s, chosen[(m, s)], seed, refit=True)
+            for seed in progress(range(ctx.seeds), ctx, f"{m} {s}")
+        ]
+        for m in MODELS
+        for s in SETTINGS
+    }
+    for m in cfg.get("extras", []):
+        for s in SETTINGS:
+            chosen[(m, s)] = chosen[("fc_wsr", s)]
+            final[(m, s)] = [
+                go(m, s, chosen[(m, s)], seed, refit=True)
+                for seed in progress(range(ctx.seeds), ctx, f"{m} {s}")
+            ]
+    summary = _summarise(ctx, cfg, final_split, chosen, final, tuning)
+    table = _table(summary)
+    figures = _figures(ctx, final, tuning, summary)
+    return summary, table, figures
+
+
+def _summarise(ctx, cfg, split, chosen, final, tuning) -> dict[str, Any]:
+    models: dict[str, Any] = {}
+    for m in (*MODELS, *cfg.get("extras", [])):
+        entry: dict[str, Any] = {}
+        for s in SETTINGS:
+            rs = final[(m, s)]
+            entry[s] = {
+                **mean_std([r["test_acc"] for r in rs]),
+                "val": mean_std([r["val_acc"] for r in rs]),
+                "train": mean_std([r["train_acc"] for r in rs]),
+                "lr": cfg["lr"],
+                "lam": chosen[(m, s)],
+                "published": PUBLISHED.get(m, {}).get(s),
+                "conv_likeness": mean_std([r["conv_likeness"] for r in rs]),
+                "sharing": mean_std([r["sharing"] for r in rs]),
+                "peak": mean_std([r["peak"] for r in rs]),
+                "live_units": mean_std([r["live_units"] for r in rs]),
+                "num_distinct": mean_std([r["num_distinct"] for r in rs]),
+                "zero_fraction": mean_std([r["zero_fraction"] for r in rs]),
+                "num_weights": rs[0]["num_weights"],
+                "runs": [public(r) for r in rs],
+            }
+        entry["conv_likeness"] = entry["original"]["conv_likeness"]["mean"]
+        entry["conv_likeness_shuffled"] = entry["shuffled"]["conv_likeness"]["mean"]
+        entry["sharing"] = entry["original"]["sharing"]["mean"]
+        entry["sharing_shuffled"] = entry["shuffled"]["sharing"]["mean"]
+        models[m] = entry
+    keep = (
+        "val_acc",
+        "test_acc",
+        "conv_likeness",
+        "sharing",
+        "peak",
+        "live_units",
+        "num_distinct",
+        "zero_fraction",
+    )
+    floor = metrics.random_conv_likeness_1d(
+        tuple(final[("fc", "original")][0]["_weight"].shape), cfg["window"], cfg["templates"]
+    )
+    return {
+        "experiment": ctx.name,
+        "preset": ctx.preset,
+        "dataset": "mnist1d",
+        "split_sizes": split.sizes,
+        "tuning_split_sizes": {"train": 4000 - datasets.MNIST1D_VAL, "val": datasets.MNIST1D_VAL},
+        "seeds": ctx.seeds,
+        "config": {**cfg, "permutation_seed": PERMUTATION_SEED, "optimizer": "adam"},
+        "models": models,
+        "published": {
+            **PUBLISHED,
+            **{k: dict(zip(SETTINGS, v, strict=True)) for k, v in PUBLISHED_OTHER.items()},
+        },
+        "random_conv_likeness": floor["locality"],
+        "anchors": {
+            "random": floor,
+            "cnn_dense": {
+                "locality": models["cnn"]["conv_likeness"],
+                "sharing": models["cnn"]["sharing"],
+            },
+        },
+        "tuning": [
+            {
+                "model": k[0],
+                "setting": k[1],
+                "lr": cfg["lr"],
+                "strength": k[2],
+                **{x: r[x] for x in keep},
+            }
+            for k, r in tuning.items()
+        ],
+        "device": str(ctx.device),
+        "torch": torch.__version__,
+    }
+
+
+def _pub(summary: dict[str, Any], m: str, s: str) -> str:
+    v = summary["models"][m][s]["published"]
+    return "–" if v is None else f"{v:.0f}"
+
+
+def _table(summary: dict[str, Any]) -> str:
+    rows = []
+    for m in summary["models"]:
+        e = summary["models"][m]
+        o, s = e["original"], e["shuffled"]
+        hp = (
+            f"λ {s['lam']:g}"
+            if m.startswith("fc_wsr")
+            else f"μ {s['lam']:g}"
+            if m == "fc_l1"
+            else "–"
+        )
+        rows.append(
+            [
+                f"`{m}`",
+                _pub(summary, m, "original"),
+                fmt(o),
+                _pub(summary, m, "shuffled"),
+                fmt(s),
+                f"{s['conv_likeness']['mean']:.3f}",
+                f"{s['sharing']['mean']:.3f}",
+                f"{s['peak']['mean']:.2f} / {s['live_units']['mean']:.0f}",
+                f"{s['num_distinct']['mean']:.0f} / {s['num_weights']}",
+                f"{s['zero_fraction']['mean']:.3f}",
+                hp,
+            ]
+        )
+    header = [
+        "model",
+        "published orig. (%)",
+        "ours orig. (%)",
+        "published shuffled (%)",
+        "ours shuffled (%)",
+        "locality (shuffled)",
+        "sharing (shuffled)",
+        "peak / live units (shuffled)",
+        "distinct / weights (shuffled)",
+        "zeros (shuffled)",
+        "chosen (shuffled)",
+    ]
+    a = summary["anchors"]
+    note = (
+        f"\nMean ± std over {summary['seeds']} seed(s), {summary['config']['steps']} Adam steps; "
+        f"MNIST-1D test set ({summary['split_sizes']['test']}). Conv-likeness of the first layer "
+        f"after undoing the permutation (window {summary['config']['window']}, "
+        f"{summary['config']['templates']} templates): random layer locality "
+        f"{a['random']['locality']:.3f}, sharing {a['random']['sharing']:.3f}; the CNN's first "
+        f"layer as a dense matrix {a['cnn_dense']['locality']:.3f}, "
+        f"{a['cnn_dense']['sharing']:.3f}. Published (MNIST-1D README): logistic regression "
+        "32 / 32, GRU 91 / 57.\n"
+    )
+    sweep = [
+        [
+            f"`{t['model']}`",
+            t["setting"],
+            "–"
+            if t["model"] == "fc"
+            else f"{'λ' if t['model'] == 'fc_wsr' else 'μ'} = {t['strength']:g}",
+            f"{100 * t['val_acc']:.1f}",
+            f"{100 * t['test_acc']:.1f}",
+            f"{t['conv_likeness']:.3f}",
+            f"{t['sharing']:.3f}",
+            f"{t['peak']:.2f}",
+            t["live_units"],
+            t["num_distinct"],
+            f"{t['zero_fraction']:.3f}",
+        ]
+        for t in summary["tuning"]
+    ]
+    sweep_header = [
+        "model",
+        "setting",
+        "strength",
+        "val (%)",
+        "test (%)",
+        "locality",
+        "sharing",
+        "peak",
+        "live units",
+        "distinct",
+        "zeros",
+    ]
+    out = markdown_table(header, rows) + note
+    if sweep:
+        out += (
+            "\nStrength sweep (seed 0, 3,600 train / 400 validation; test shown for reference "
+            "only):\n\n" + markdown_table(sweep_header, sweep)
+        )
+    return out
+
+
+def _figures(ctx: Context, final, tuning, summary) -> list:
+    shown = {
+        "fc (shuffled, un-permuted)": final[("fc", "shuffled")][0]["_weight"],
+        "fc_wsr (shuffled, un-permuted)": final[("fc_wsr", "shuffled")][0]["_weight"],
+        "fc_l1 (shuffled, un-permuted)": final[("fc_l1", "shuffled")][0]["_weight"],
+        "cnn conv1 as a dense matrix": final[("cnn", "original")][0]["_weight"],
+    }
+    figs = [plotting.heatmaps(shown, ctx.out_dir / "first_layer_heatmaps.png")]
+    series = {
+        s: [(summary["models"][m][s]["mean"], summary["models"][m][s]["std"]) for m in MODELS]
+        for s in SETTINGS
+    }
+    figs.append(
+        plotting.grouped_bars(
+            list(MODELS), series, ctx.out_dir / "accuracy.png", "test accuracy", ylim=(0.3, 1.0)
+        )
+    )
+    if tuning:
+        curves = {}
+        for s in SETTINGS:
+            pts = sorted((k[2], r["val_acc"]) for k, r in tuning.items() if k[:2] == ("fc_wsr", s))
+            curves[f"fc_wsr, {s} (val)"] = ([p[0] for p in pts], [p[1] for p in pts], None)
+        refs = {f"fc, {s} (val)": tuning[("fc", s, 0.0)]["val_acc"] for s in SETTINGS}
+        refs["cnn, shuffled (test)"] = summary["models"]["cnn"]["shuffled"]["mean"]
+        figs.append(
+            plotting.lines(
+                curves,
+                ctx.out_dir / "accuracy_vs_lambda.png",
+                "λ (WSR strength)",
+                "accuracy",
+                logx=True,
+                hlines=refs,
+            )
+        )
+    figs.append(
+        plotting.value_histogram(
+            {
+                "fc": final[("fc", "shuffled")][0]["_weight"],
+                "fc_wsr": final[("fc_wsr", "shuffled")][0]["_weight"],
+            },
+            ctx.out_dir / "shared_values.png",
+        )
+    )
+    return figs

@@ -76,27 +76,12 @@ def unrendered_math_in(html: str) -> list[tuple[int, str]]:
     return parser.found
 
 
-# Known unrendered math on pages owned by other work in progress: (page, text) pairs that are
-# tolerated until fixed there. An entry that no longer occurs is reported, so the list only shrinks.
-KNOWN_UNRENDERED: frozenset[tuple[str, str]] = frozenset(
-    {("algorithms/index.html", "at the separator $x_m = $ first point of")}
-)
-
-
 def unrendered_math(site: Path) -> list[str]:
-    bad, seen = [], set()
+    bad = []
     for path in sorted(site.rglob("*.html")):
-        page = path.relative_to(site).as_posix()
         text = path.read_text(encoding="utf-8", errors="replace")
         for line, found in unrendered_math_in(text):
-            if (page, found) in KNOWN_UNRENDERED:
-                seen.add((page, found))
-                continue
             bad.append(f"{path}:{line}: unrendered math: {found!r}")
-    bad += [
-        f"{site / page}: the known unrendered math {found!r} is gone: drop it from KNOWN_UNRENDERED"
-        for page, found in sorted(KNOWN_UNRENDERED - seen)
-    ]
     return bad
 
 

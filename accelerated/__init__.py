@@ -13,12 +13,12 @@ __version__ = "0.1.0"
 
 # public name -> private module that defines it
 _EXPORTS: dict[str, str] = {
-    "penalty": "._penalty",
-    "prox": "._prox",
-    "prox_": "._prox",
-    "prox_many": "._prox",
-    "clusters": "._prox",
-    "soft_threshold": "._prox",
+    "penalty": "._api",
+    "prox": "._api",
+    "prox_": "._api",
+    "prox_many": "._api",
+    "clusters": "._api",
+    "soft_threshold": "._api",
     "attach": "._attach",
     "Attachment": "._attach",
     "tie": "._tie",
@@ -40,17 +40,17 @@ if TYPE_CHECKING:
     from . import nn as nn
     from . import reference as reference
     from . import symmetry as symmetry
+    from ._api import clusters as clusters
+    from ._api import penalty as penalty
+    from ._api import prox as prox
+    from ._api import prox_ as prox_
+    from ._api import prox_many as prox_many
+    from ._api import soft_threshold as soft_threshold
     from ._attach import Attachment as Attachment
     from ._attach import attach as attach
     from ._factorization import collapse as collapse
     from ._factorization import factorize as factorize
     from ._hashed_layers import hashed as hashed
-    from ._penalty import penalty as penalty
-    from ._prox import clusters as clusters
-    from ._prox import prox as prox
-    from ._prox import prox_ as prox_
-    from ._prox import prox_many as prox_many
-    from ._prox import soft_threshold as soft_threshold
     from ._symmetry import symmetric as symmetric
     from ._tie import num_distinct as num_distinct
     from ._tie import tie as tie

@@ -8,16 +8,18 @@ The configuration lives in the param groups (keys ``wsr_*``) so it survives
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from . import _validation as val
+from . import _checks as checks
+from . import _distributed as distributed
+from . import _methods as methods
+from . import _prox as plain
 from ._deferred import DeferredCheck
-from .reference._args import check_nonneg_finite
 
 __all__ = ["Attachment", "attach"]
 
@@ -64,30 +66,37 @@ def _strip(optimizer: Optimizer) -> None:
             group.pop(key, None)
 
 
-def _strength(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | Tensor):
-        raise TypeError(f"{what} must be a real number, got {type(value).__name__}")
-    if isinstance(value, Tensor) and (value.numel() != 1 or value.is_complex()):
-        raise TypeError(f"{what} must be a real scalar, got a tensor of shape {tuple(value.shape)}")
-    return check_nonneg_finite(value, what)
+def _strength(value: object, what: str) -> float:
+    return checks.check_scalar_strength(value, what)
 
 
-def _check_dim(p: Tensor, dim: int | None) -> None:
-    if dim is not None and not -p.ndim <= dim < max(p.ndim, 1):
-        raise IndexError(f"dim {dim} is out of range for a parameter of shape {tuple(p.shape)}")
+def _group_strength(value: object, count: int, what: str) -> None:
+    """A group's stored strength: one number, or a list with one per parameter of the group."""
+    if isinstance(value, list | tuple):
+        if len(value) != count:
+            raise ValueError(f"{what} has {len(value)} entries for {count} params")
+        for j, v in enumerate(value):
+            _strength(v, f"{what}[{j}]")
+    else:
+        _strength(value, what)
 
 
-def _check_method(method: str, like: Tensor) -> None:
-    from ._prox import prox_many
+def _per_param(value: Any, j: int) -> float:
+    return float(value[j] if isinstance(value, list | tuple) else value)
 
+
+def _check_dim(p: Tensor, dim: object) -> int | None:
+    return checks.normalize_dim(p, dim, "a parameter")
+
+
+def _check_method(method: object, like: Tensor) -> None:
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, got {type(method).__name__}")
-    from ._distributed import is_dtensor
-
-    if is_dtensor(like):  # the method runs on the local shards
+    methods.check_method(method)
+    if checks.is_dtensor(like):  # the method runs on the local shards
         like = like.to_local()
     # a tiny prox on the device and dtype of an attached tensor raises on an unusable method
-    prox_many([like.new_zeros(2)], 1.0, None, method=method)
+    plain.prox_many([like.new_zeros(2)], 1.0, None, method)
 
 
 def _resume(optimizer: Optimizer) -> None:
@@ -107,8 +116,8 @@ def _resume(optimizer: Optimizer) -> None:
                 f"param group {i}: wsr_mask has {len(group['wsr_mask'])} entries for "
                 f"{len(group['params'])} params"
             )
-        _strength(group["wsr_lam"], f"group {i} wsr_lam")
-        _strength(group["wsr_l1"], f"group {i} wsr_l1")
+        _group_strength(group["wsr_lam"], len(group["params"]), f"group {i} wsr_lam")
+        _group_strength(group["wsr_l1"], len(group["params"]), f"group {i} wsr_l1")
         attached = [p for p, on in zip(group["params"], group["wsr_mask"], strict=True) if on]
         for p in attached:
             _check_dim(p, group["wsr_dim"])
@@ -118,31 +127,30 @@ def _resume(optimizer: Optimizer) -> None:
 
 def _configure(
     optimizer: Optimizer,
-    lam: float,
+    lam: float | dict[int, float],
     params: Iterable[Tensor] | Tensor | None,
-    dim: int | None,
+    dim: object,
     l1: float,
     method: str,
 ) -> None:
+    """Validate the whole configuration, then write it into the param groups."""
     held = {id(p) for g in optimizer.param_groups for p in g["params"]}
-    if params is None:
+    if isinstance(lam, dict):
+        chosen = set(lam)
+    elif params is None:
         chosen = {id(p) for g in optimizer.param_groups for p in g["params"] if p.ndim >= 2}
         if not chosen:
             raise ValueError("the optimizer holds no parameter with ndim >= 2; pass params=")
     else:
-        params = [params] if isinstance(params, Tensor) else list(params)
-        for p in params:
-            if not isinstance(p, Tensor):
-                raise TypeError(f"params must hold tensors, got {type(p).__name__}")
+        given = _tensors(params, "params")
+        for p in given:
             if id(p) not in held:
                 raise ValueError(
                     f"a parameter of shape {tuple(p.shape)} in params is not held by the optimizer"
                 )
-        chosen = {id(p) for p in params}
+        chosen = {id(p) for p in given}
         if not chosen:
             raise ValueError("params is empty: nothing to attach")
-    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
-        raise TypeError(f"dim must be None or an int, got {type(dim).__name__}")
     attached = [p for g in optimizer.param_groups for p in g["params"] if id(p) in chosen]
     for p in attached:
         _check_dim(p, dim)
@@ -151,13 +159,46 @@ def _configure(
     _strip(optimizer)
     for group in optimizer.param_groups:
         mask = [id(p) in chosen for p in group["params"]]
-        if any(mask):
-            group.update(wsr_lam=lam, wsr_l1=l1, wsr_dim=dim, wsr_method=method, wsr_mask=mask)
+        if not any(mask):
+            continue
+        group_lam: float | list[float]
+        if isinstance(lam, dict):
+            group_lam = [lam.get(id(p), 0.0) for p in group["params"]]
+            if len({v for v, on in zip(group_lam, mask, strict=True) if on}) == 1:
+                group_lam = next(v for v, on in zip(group_lam, mask, strict=True) if on)
+        else:
+            group_lam = lam
+        group.update(wsr_lam=group_lam, wsr_l1=l1, wsr_dim=dim, wsr_method=method, wsr_mask=mask)
+
+
+def _tensors(params: Iterable[Tensor] | Tensor, what: str) -> list[Tensor]:
+    out = [params] if isinstance(params, Tensor) else list(params)
+    for p in out:
+        if not isinstance(p, Tensor):
+            raise TypeError(f"{what} must hold tensors, got {type(p).__name__}")
+    return out
+
+
+def _strengths_by_param(optimizer: Optimizer, lam: Mapping[Any, Any]) -> dict[int, float]:
+    """``{id(param): λ}`` from a mapping of parameters to strengths (all held by ``optimizer``)."""
+    held = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    out: dict[int, float] = {}
+    for p, value in lam.items():
+        if not isinstance(p, Tensor):
+            raise TypeError(f"the keys of lam must be parameters, got {type(p).__name__}")
+        if id(p) not in held:
+            raise ValueError(
+                f"a parameter of shape {tuple(p.shape)} in lam is not held by the optimizer"
+            )
+        out[id(p)] = _strength(value, f"lam[parameter of shape {tuple(p.shape)}]")
+    if not out:
+        raise ValueError("lam is an empty mapping: nothing to attach")
+    return out
 
 
 def attach(
     optimizer: Optimizer,
-    lam: float | None,
+    lam: float | Mapping[Tensor, float] | None,
     params: Iterable[Tensor] | None = None,
     *,
     dim: int | None = None,
@@ -177,8 +218,10 @@ def attach(
 
     Args:
         optimizer: any ``torch.optim.Optimizer``.
-        lam: the WSR strength $\lambda \ge 0$, or ``None`` to resume from the ``wsr_*`` keys
-            already in the param groups (after ``load_state_dict``).
+        lam: the WSR strength $\lambda \ge 0$ (a number); or a mapping from parameters to
+            their strengths (which attaches exactly those parameters; ``params`` must then be
+            None), e.g. ``{fc1.weight: 0.1, fc2.weight: 0.01}``; or ``None`` to resume from the
+            ``wsr_*`` keys already in the param groups (after ``load_state_dict``).
         params: the tensors to regularize; all must be held by ``optimizer``. Defaults to every
             parameter of the optimizer with ``ndim >= 2``.
         dim: ``None`` for one vector per tensor, or the dimension along which each 1-D slice is
@@ -207,7 +250,15 @@ def attach(
             )
         _resume(optimizer)
     else:
-        _configure(optimizer, _strength(lam, "lam"), params, dim, _strength(l1, "l1"), method)
+        if isinstance(lam, Mapping):
+            if params is not None:
+                raise ValueError(
+                    "lam maps parameters to strengths, which chooses the parameters: pass no params"
+                )
+            strengths: float | dict[int, float] = _strengths_by_param(optimizer, lam)
+        else:
+            strengths = _strength(lam, "lam")
+        _configure(optimizer, strengths, params, dim, _strength(l1, "l1"), method)
     handle = Attachment(optimizer)
     _LIVE[optimizer] = handle
     return handle
@@ -216,20 +267,16 @@ def attach(
 def _screen(optimizer: Optimizer, tensors: list[Tensor]) -> None:
     """NaN/inf check of the step's tensors: host tensors now, CUDA ones deferred (no sync)."""
     names = [f"parameter {i} (shape {tuple(t.shape)})" for i, t in enumerate(tensors)]
-    host = [i for i, t in enumerate(tensors) if not t.is_cuda and val.should_validate(t)]
+    host = [i for i, t in enumerate(tensors) if not t.is_cuda and checks.should_validate(t)]
     if host:
-        val.check_values([tensors[i] for i in host], [], [names[i] for i in host])
-    cuda = [i for i, t in enumerate(tensors) if t.is_cuda and val.should_validate(t)]
+        checks.check_values([tensors[i] for i in host], [names[i] for i in host])
+    cuda = [i for i, t in enumerate(tensors) if t.is_cuda and checks.should_validate(t)]
     attachment = _LIVE.get(optimizer)
     if cuda and attachment is not None:
         attachment._deferred.submit([tensors[i] for i in cuda], [names[i] for i in cuda])
 
 
 def _step_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-    from ._distributed import is_dtensor
-    from ._distributed import prox_many as prox_many_dtensors
-    from ._prox import _prox_many_unchecked, check_many, soft_threshold_unchecked
-
     # (dim, method) -> (tensors, prox strengths, l1 thresholds)
     jobs: dict[tuple[int | None, str], tuple[list[Tensor], list[float], list[float]]] = {}
     configured = False
@@ -238,9 +285,10 @@ def _step_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
             continue
         configured = True
         lr = float(group["lr"])
-        lam, thresh = lr * float(group["wsr_lam"]), lr * float(group["wsr_l1"])
         todo = jobs.setdefault((group["wsr_dim"], group["wsr_method"]), ([], [], []))
-        for p, on in zip(group["params"], group["wsr_mask"], strict=True):
+        for j, (p, on) in enumerate(zip(group["params"], group["wsr_mask"], strict=True)):
+            lam = lr * _per_param(group["wsr_lam"], j)
+            thresh = lr * _per_param(group["wsr_l1"], j)
             if on and (lam > 0 or thresh > 0):  # both zero: the identity
                 todo[0].append(p)
                 todo[1].append(lam)
@@ -251,23 +299,23 @@ def _step_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
             "attachment was loaded?); re-attach with attach(optimizer, lam, ...)"
         )
     # DTensors are checked (and their NaN/inf reported on every rank) by the distributed prox
-    _screen(optimizer, [p for ts, _, _ in jobs.values() for p in ts if not is_dtensor(p)])
+    _screen(optimizer, [p for ts, _, _ in jobs.values() for p in ts if not checks.is_dtensor(p)])
     with torch.no_grad():
         for (dim, method), (tensors, lams, thresholds) in jobs.items():
             outs: list[Tensor] = list(tensors)
             active = [i for i, lam in enumerate(lams) if lam > 0]
             if active:
                 chosen, chosen_lams = [tensors[i] for i in active], [lams[i] for i in active]
-                if any(is_dtensor(t) for t in chosen):
-                    proxed = prox_many_dtensors(chosen, chosen_lams, dim, method)
+                if any(checks.is_dtensor(t) for t in chosen):
+                    proxed = distributed.prox_many(chosen, chosen_lams, dim, method)
                 else:
-                    proxed = _prox_many_unchecked(
-                        *check_many(chosen, chosen_lams, dim, method), method
+                    proxed = plain.prox_many_unchecked(
+                        *plain.check_many(chosen, chosen_lams, dim, method)
                     )
                 for i, out in zip(active, proxed, strict=True):
                     outs[i] = out
             for p, out, t in zip(tensors, outs, thresholds, strict=True):
                 if t > 0:
-                    p.copy_(soft_threshold_unchecked(out, t))
+                    p.copy_(plain.soft_threshold_unchecked(out, t))
                 elif out is not p:
                     p.copy_(out)

@@ -22,7 +22,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import _validation as val
+from . import _checks as checks
+from . import _methods as methods
+from ._distributed_layout import wrap
+from ._isotonic import kernel
+from ._prox import prox_unchecked
 
 #: Regular samples per rank for the splitters.
 SAMPLES = 32
@@ -30,24 +34,21 @@ SAMPLES = 32
 CANDIDATES = 64
 
 
-def prox_sharded(v: Any, lam: val.Lam, dim: int | None, method: str, mesh_dim: int) -> Any:
+def prox_sharded(v: Any, lam: checks.Lam, dim: int | None, method: str, mesh_dim: int) -> Any:
     """The prox of a ``DTensor`` whose vectors are split by mesh dimension ``mesh_dim`` only."""
-    from ._distributed import _wrap
-    from ._prox import _prox_unchecked, resolve_method
-
     group = v.device_mesh.get_group(mesh_dim)
     local = v.to_local()
     if dim is None or v.dim() == 1:
-        method = resolve_method(method, local)
+        method = methods.resolve_method(method, local)
         out = _prox_vector(local.reshape(-1), float(lam), group, method).reshape(local.shape)
     else:
-        bad = int((~torch.isfinite(local)).sum()) if val.should_validate(local) else 0
+        bad = int((~torch.isfinite(local)).sum()) if checks.should_validate(local) else 0
         bads = _all_gather(torch.tensor([bad], device=local.device), group)
         if bads.any():  # every rank raises alike, before any rank waits in an all-to-all
-            raise ValueError(f"v has {int(bads.sum())} non-finite value(s) (NaN or inf)")
+            raise checks.nonfinite("v", int(bads.sum()))
         whole, back = _whole_vectors(local, dim, v.shape[dim], group)
-        out = back(_prox_unchecked(whole, lam, dim, method))
-    return _wrap(out, v, v.placements, v.shape)
+        out = back(prox_unchecked(whole, lam, dim, method))
+    return wrap(out, v, v.placements, v.shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,21 +113,19 @@ def _all_gather(row: torch.Tensor, group: Any) -> torch.Tensor:
 
 def _prox_vector(x: torch.Tensor, lam: float, group: Any, method: str) -> torch.Tensor:
     """The prox of the vector whose parts the ranks of ``group`` hold (this rank: ``x``)."""
-    from ._isotonic import kernel
-
     p, me = dist.get_world_size(group), dist.get_rank(group)
     n = x.numel()
     xs, perm = torch.sort(x, stable=True)
     # 1. samples (value, rank, index) and shard sizes, with the NaN/inf count, in one all-gather
     idx = ((torch.arange(SAMPLES, dtype=torch.float64) + 0.5) * n / SAMPLES).long()
     idx = idx.clamp_max(max(n - 1, 0)).to(x.device)
-    bad = int((~torch.isfinite(x)).sum()) if val.should_validate(x) else 0
+    bad = int((~torch.isfinite(x)).sum()) if checks.should_validate(x) else 0
     head = torch.tensor([n, bad], dtype=torch.float64, device=x.device)
     values = xs[idx].double() if n else torch.zeros(SAMPLES, dtype=torch.float64, device=x.device)
     info = _all_gather(torch.cat([head, values, idx.double()]), group).cpu().numpy()
     sizes, bads = info[:, 0].astype(np.int64), info[:, 1]
     if bads.any():
-        raise ValueError(f"v has {int(bads.sum())} non-finite value(s) (NaN or inf)")
+        raise checks.nonfinite("v", int(bads.sum()))
     d = int(sizes.sum())
     if d < 2 or lam == 0.0:
         return x.clone()

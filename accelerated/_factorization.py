@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from . import _checks as checks
 from .reference._args import check_depth, check_init, check_nonneg_finite
 
 # The public names are listed once, in ``weightshare.factorization`` (``__all__``), which
@@ -26,23 +26,12 @@ INITS = ("variance-matching", "variance-matching-untruncated", "balanced")
 _KAIMING_UNIFORM = (nn.Linear, nn.Bilinear, nn.modules.conv._ConvNd)
 
 
-def _check_tensor(w: Any, name: str) -> Tensor:
-    if not isinstance(w, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(w).__name__}")
-    if not w.is_floating_point():
-        raise TypeError(f"{name} must be a real floating tensor, got dtype {w.dtype}")
-    bad = int((~torch.isfinite(w)).sum())
-    if bad:
-        raise ValueError(f"{name} has {bad} non-finite (NaN/inf) entries")
-    return w
-
-
 def _check_factors(factors: Sequence[Tensor]) -> list[Tensor]:
     if isinstance(factors, Tensor) or not isinstance(factors, Sequence):
         raise TypeError("factors must be a sequence of tensors")
     if not factors:
         raise ValueError("factors must hold at least one tensor")
-    tensors = [_check_tensor(u, f"factors[{d}]") for d, u in enumerate(factors)]
+    tensors = [checks.check_float_values(u, f"factors[{d}]") for d, u in enumerate(factors)]
     shapes = {tuple(u.shape) for u in tensors}
     if len(shapes) > 1:
         raise ValueError(f"factors must share one shape, got shapes {sorted(shapes)}")
@@ -79,7 +68,7 @@ def equivalent_penalty(w: Tensor, mu: float, depth: int) -> Tensor:
     Returns:
         A 0-d tensor (differentiable where $w \ne 0$).
     """
-    w = _check_tensor(w, "w")
+    w = checks.check_float_values(w, "w")
     mu, depth = check_nonneg_finite(mu, "mu"), check_depth(depth)
     return depth * mu * w.abs().pow(2.0 / depth).sum()
 
@@ -254,7 +243,7 @@ def factorize(
         raise ValueError(f"unknown init {init!r}; expected one of {INITS}")
     if parametrize.is_parametrized(module, name):
         raise ValueError(f"{name!r} is already parametrized; factorize needs a plain tensor")
-    _check_tensor(w, name)
+    checks.check_float_values(w, name)
     sampled = None
     if init != "balanced":
         sigma = default_std(module, name) if std is None else check_nonneg_finite(std, "std")

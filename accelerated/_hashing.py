@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _checks as checks
 from .reference._args import (
     check_alpha,
     check_buckets,
@@ -282,17 +283,6 @@ def _sign(sign_table: object, index: torch.Tensor) -> torch.Tensor | None:
     return sign_table
 
 
-def _floats(x: object, what: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"{what} must be a real floating tensor, got dtype {x.dtype}")
-    bad = int((~torch.isfinite(x)).sum())
-    if bad:
-        raise ValueError(f"{what} has {bad} NaN/inf entries")
-    return x
-
-
 def entropy(index: torch.Tensor, num_buckets: int, *, normalized: bool = False) -> torch.Tensor:
     r"""Balance: the Shannon entropy (nats) of the bucket loads $q_k = n_k / N$ (spec HASH-9).
 
@@ -332,7 +322,7 @@ def materialize(
     Returns:
         The dense weight, of ``index``'s shape and ``values``' dtype and device.
     """
-    w = _floats(values, "values")
+    w = checks.check_float_values(values, "values")
     if w.ndim != 1:
         raise ValueError(f"values must be a vector of shape (K,), got shape {tuple(w.shape)}")
     h = _index(index, w.shape[0])
@@ -357,7 +347,7 @@ def materialize_grad(
         The gradient with respect to the values, shape ``(K,)``, ``grad_weight``'s dtype.
     """
     k = check_buckets(num_buckets)
-    g = _floats(grad_weight, "grad_weight")
+    g = checks.check_float_values(grad_weight, "grad_weight")
     h = _index(index, k)
     if g.shape != h.shape:
         raise ValueError(

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from . import _checks as checks
 from .reference._args import KINDS as KINDS
 from .reference._args import parse_kind
 
@@ -117,18 +118,6 @@ def num_free(kind: str, shape: Sequence[int], **kind_kwargs: Any) -> int:
     return taps * kw["rank"] * (n + 1)  # eigen
 
 
-def _check_tensor(W: Any, name: str) -> Tensor:
-    if not isinstance(W, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(W).__name__}")
-    if not W.is_floating_point():
-        raise TypeError(f"{name} must be a real floating tensor, got dtype {W.dtype}")
-    if not torch.compiler.is_compiling():
-        bad = int((~torch.isfinite(W)).sum())
-        if bad:
-            raise ValueError(f"{name} has {bad} non-finite (NaN/inf) entries")
-    return W
-
-
 def _eigen_build(free: Tensor, shape: tuple[int, ...], rank: int) -> Tensor:
     n, taps = shape[0], math.prod(shape[2:])
     V = free[: taps * n * rank].reshape(taps, n, rank)
@@ -171,7 +160,7 @@ def build(kind: str, free: Tensor, shape: Sequence[int], **kind_kwargs: Any) -> 
     """
     parts, kw = parse_kind(kind, shape, kind_kwargs)
     shape = tuple(int(s) for s in shape)
-    free = _check_tensor(free, "free")
+    free = checks.check_float_values(free, "free")
     count = num_free(kind, shape, **kind_kwargs)
     if tuple(free.shape) != (count,):
         raise ValueError(
@@ -197,7 +186,7 @@ def free(kind: str, W: Tensor, **kind_kwargs: Any) -> Tensor:
     Returns:
         A vector of length ``num_free(kind, W.shape)``.
     """
-    W = _check_tensor(W, "W")
+    W = checks.check_float_values(W, "W")
     parts, kw = parse_kind(kind, W.shape, kind_kwargs)
     if parts == ("eigen",):
         return _eigen_free(W, kw["rank"])
@@ -260,7 +249,7 @@ class Symmetry(nn.Module):
     def right_inverse(self, W: Tensor) -> Tensor:
         if tuple(W.shape) != self.shape:
             raise ValueError(f"expected a weight of shape {self.shape}, got {tuple(W.shape)}")
-        W = _check_tensor(W, "W")
+        W = checks.check_float_values(W, "W")
         if self.index is None:
             return _eigen_free(W, self.kw["rank"])
         return _orbit_mean(W, self.index.to(W.device), self.num_free)
@@ -295,7 +284,7 @@ def symmetric(
         raise ValueError(f"module has no tensor named {name!r}")
     if parametrize.is_parametrized(module, name):
         raise ValueError(f"{name!r} is already parametrized; symmetric needs a plain tensor")
-    _check_tensor(W, name)
+    checks.check_float_values(W, name)
     param = Symmetry(kind, W.shape, device=W.device, **kind_kwargs)
     parametrize.register_parametrization(module, name, param, unsafe=True)
     return module

@@ -6,7 +6,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._distributed import is_dtensor
+from . import _checks as checks
+from ._checks import is_dtensor
+from ._prox import clusters
 
 __all__ = ["num_distinct", "tie", "untie", "zero_fraction"]
 
@@ -47,21 +49,6 @@ class Tied(nn.Module):
         return f"num_values={self.num_values}, shape={tuple(self.labels.shape)}"
 
 
-def _check_floating(w: Tensor, what: str) -> None:
-    if not isinstance(w, Tensor):
-        raise TypeError(f"{what} must be a torch.Tensor, got {type(w).__name__}")
-    if not w.is_floating_point():
-        raise TypeError(f"{what} must be a real floating tensor, got dtype {w.dtype}")
-
-
-def _check_finite(w: Tensor, what: str) -> None:
-    bad = int((~torch.isfinite(w)).sum())
-    if bad:
-        raise ValueError(
-            f"{what} of shape {tuple(w.shape)} has {bad} NaN/inf entr{'y' if bad == 1 else 'ies'}"
-        )
-
-
 def tie(module: nn.Module, name: str = "weight", labels: Tensor | None = None) -> nn.Module:
     """Tie the entries of ``module.<name>`` that share a label to one trainable value.
 
@@ -96,11 +83,9 @@ def tie(module: nn.Module, name: str = "weight", labels: Tensor | None = None) -
             f"tie of a DTensor parameter ({name!r} of {type(module).__name__}, sharded by "
             "fully_shard or tensor parallelism) is not supported: tie before sharding the module"
         )
-    _check_floating(weight, f"parameter {name!r}")
-    _check_finite(weight.detach(), f"parameter {name!r}")
+    checks.check_float(weight, f"parameter {name!r}")
+    checks.check_finite(weight, f"parameter {name!r} of shape {tuple(weight.shape)}")
     if labels is None:
-        from ._prox import clusters
-
         labels = clusters(weight.detach()).reshape(weight.shape)
     if not isinstance(labels, Tensor):
         raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
@@ -164,9 +149,9 @@ def num_distinct(w: Tensor) -> int:
         TypeError: ``w`` is not a real floating tensor.
         ValueError: ``w`` holds NaN or inf.
     """
-    _check_floating(w, "w")
+    checks.check_float(w, "w")
     w = _whole(w.detach())
-    _check_finite(w, "w")
+    checks.check_finite(w, "w")
     return int(torch.unique(w).numel())
 
 
@@ -184,12 +169,12 @@ def zero_fraction(w: Tensor, atol: float = 0.0) -> float:
         TypeError: ``w`` is not a real floating tensor.
         ValueError: ``w`` is empty or holds NaN/inf, or ``atol`` is negative or NaN.
     """
-    _check_floating(w, "w")
+    checks.check_float(w, "w")
     w = _whole(w.detach())
-    atol = float(atol)
+    atol = checks.check_real(atol, "atol")
     if not atol >= 0.0:
         raise ValueError(f"atol must be >= 0, got {atol}")
     if w.numel() == 0:
         raise ValueError("zero_fraction of an empty tensor is undefined")
-    _check_finite(w, "w")
+    checks.check_finite(w, "w")
     return int((w.abs() <= atol).sum()) / w.numel()

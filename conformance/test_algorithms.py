@@ -28,10 +28,10 @@ OP_BUDGET = {"search": 20.0, "hull": 60.0}
 
 def _prox_api():  # type: ignore[no-untyped-def]
     try:
-        from weightshare._prox import _prox_unchecked, prox
+        from weightshare._prox import prox, prox_unchecked
     except ImportError:
         pytest.skip("weightshare._prox (the prox engineer's API) does not exist yet")
-    return prox, _prox_unchecked
+    return prox, prox_unchecked
 
 
 def chain_y(d: int, lam: float) -> np.ndarray:
@@ -307,11 +307,11 @@ def test_triton_launches_depend_on_shape_only(d: int) -> None:
     assert real_names == dry_names
     assert real_ops.by_name == dry_ops.by_name
     from weightshare._isotonic import triton_hull
-    from weightshare._prox import _prox_unchecked
+    from weightshare._prox import prox_unchecked
 
     other = torch.from_numpy(np.random.default_rng(d).normal(size=d))
     with triton_hull.record_launches() as names, depth.OpCounter() as ops:
-        _prox_unchecked(other, 0.3, 0, "triton")
+        prox_unchecked(other, 0.3, 0, "triton")
     assert names == real_names and ops.by_name == real_ops.by_name
 
 
@@ -415,17 +415,17 @@ def test_triton_prox_compiles_fullgraph(device: str) -> None:
 def test_triton_prox_never_syncs_on_cuda(device: str) -> None:
     if device != "cuda":
         pytest.skip("the sync debug mode needs CUDA")
-    from weightshare._prox import _prox_unchecked
+    from weightshare._prox import prox_unchecked
 
     v = torch.randn(3, 5000, device=device)
-    _prox_unchecked(v, 0.1, 1, "triton")  # warm-up (kernel compilation)
+    prox_unchecked(v, 0.1, 1, "triton")  # warm-up (kernel compilation)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        out = _prox_unchecked(v, 0.1, 1, "triton")
+        out = prox_unchecked(v, 0.1, 1, "triton")
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    torch.testing.assert_close(out, _prox_unchecked(v, 0.1, 1, "hull"), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out, prox_unchecked(v, 0.1, 1, "hull"), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.req("ALG-11")

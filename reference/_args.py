@@ -31,6 +31,31 @@ def check_int(value: object, what: str) -> int:
     return operator.index(value)
 
 
+# The words of every error, shared by both packages: the same problem reads the same everywhere.
+
+
+def nonfinite_message(name: str, count: int) -> str:
+    """The error text for ``count`` NaN/inf entries in ``name``."""
+    return f"{name} has {count} non-finite value(s) (NaN or inf)"
+
+
+def negative_message(name: str, count: int) -> str:
+    """The error text for ``count`` negative entries in the strengths ``name``."""
+    return f"{name} has {count} negative value(s); need >= 0"
+
+
+def dtype_message(name: str, dtype: object) -> str:
+    """The error text for a ``name`` whose dtype is not a real floating one."""
+    return f"{name} must have a real floating dtype, got {dtype}"
+
+
+def check_real(x: Any, name: str) -> float:
+    """``float(x)`` for a real number (NumPy scalars included, ``bool`` excluded)."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
+    return float(x)
+
+
 def check_nonneg_finite(x: Any, name: str) -> float:
     """``float(x)``, which must be finite and >= 0."""
     x = float(x)
@@ -45,10 +70,10 @@ def check_float_array(w: Any, name: str) -> np.ndarray:
     """``np.asarray(w)``, which must be a real floating array without NaN/inf."""
     w = np.asarray(w)
     if w.dtype == bool or not np.issubdtype(w.dtype, np.floating):
-        raise TypeError(f"{name} must be a real floating array, got dtype {w.dtype}")
+        raise TypeError(dtype_message(name, w.dtype))
     bad = int(np.count_nonzero(~np.isfinite(w)))
     if bad:
-        raise ValueError(f"{name} has {bad} non-finite (NaN/inf) entries")
+        raise ValueError(nonfinite_message(name, bad))
     return w
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from ._args import dtype_message, nonfinite_message
+
 
 class InputDTypeError(TypeError, ValueError):
     """A non-float input: a ``TypeError`` that is also a ``ValueError``."""
@@ -19,12 +21,12 @@ def as_vector(w: ArrayLike, name: str = "w") -> NDArray[np.float64]:
     """
     arr = np.asarray(w)
     if not np.issubdtype(arr.dtype, np.floating):
-        raise InputDTypeError(f"{name} must be a real float array, got dtype {arr.dtype}")
+        raise InputDTypeError(dtype_message(name, arr.dtype))
     if arr.ndim != 1:
         raise ValueError(f"{name} must be 1-D, got shape {arr.shape}")
     bad = int(np.count_nonzero(~np.isfinite(arr)))
     if bad:
-        raise ValueError(f"{name} has {bad} non-finite value(s) (NaN or inf)")
+        raise ValueError(nonfinite_message(name, bad))
     return arr.astype(np.float64, copy=True)
 
 

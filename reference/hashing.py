@@ -18,6 +18,7 @@ from ._args import (
     check_alpha,
     check_buckets,
     check_conv2d,
+    check_float_array,
     check_radius,
     check_seed,
     check_shape,
@@ -257,16 +258,6 @@ def _sign(sign_table: object, shape: tuple[int, ...]) -> np.ndarray | None:
     return arr
 
 
-def _floats(x: object, what: str) -> np.ndarray:
-    arr = np.asarray(x)
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise TypeError(f"{what} must be a real floating array, got dtype {arr.dtype}")
-    bad = int(np.count_nonzero(~np.isfinite(arr)))
-    if bad:
-        raise ValueError(f"{what} has {bad} NaN/inf entries")
-    return arr
-
-
 def entropy(index: np.ndarray, num_buckets: int, *, normalized: bool = False) -> float:
     r"""Balance: the Shannon entropy (nats) of the bucket loads $q_k = n_k / N$ (spec HASH-9).
 
@@ -304,7 +295,7 @@ def materialize(
     Returns:
         The dense weight, of ``index``'s shape and ``values``' dtype.
     """
-    w = _floats(values, "values")
+    w = check_float_array(values, "values")
     if w.ndim != 1:
         raise ValueError(f"values must be a vector of shape (K,), got shape {w.shape}")
     h = _index(index, w.shape[0])
@@ -331,7 +322,7 @@ def materialize_grad(
         The gradient with respect to the values, shape ``(K,)``, ``grad_weight``'s dtype.
     """
     k = check_buckets(num_buckets)
-    g = _floats(grad_weight, "grad_weight")
+    g = check_float_array(grad_weight, "grad_weight")
     h = _index(index, k)
     if g.shape != h.shape:
         raise ValueError(f"grad_weight has shape {g.shape}, the index has shape {h.shape}")

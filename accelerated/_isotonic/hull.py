@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from .backend import Backend
 from .common import ceil_log2, check_rows, edge_slopes, prefix_sums
 
 #: at most this many bytes of bridge-search temporaries per point: low levels, which have many
@@ -131,3 +132,6 @@ def isotonic_hull(y: torch.Tensor) -> torch.Tensor:
         nxt = torch.where(inside, c, nxt.view(rows, blocks, 2 * h)).view(rows, points)
     # element i spans points i..i+1: the edge from its last vertex to the next one
     return edge_slopes(s, last[:, :n], nxt[:, 1 : n + 1], shift, y.dtype)
+
+
+BACKEND = Backend("hull", isotonic_hull)

@@ -1,4 +1,5 @@
-"""The sequential "pava" kernel: SciPy's C++ pool-adjacent-violators on host memory.
+"""The sequential "pava" kernel: SciPy's C++ pool-adjacent-violators on host memory (SciPy is
+imported on the first call).
 
 Rows are spread over a process-wide thread pool (NumPy and SciPy release the GIL in their
 kernels); CUDA tensors are copied to the host and back.
@@ -10,27 +11,35 @@ import itertools
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
 
-try:  # the in-place kernel behind scipy.optimize.isotonic_regression (SciPy >= 1.12)
-    from scipy.optimize._pava_pybind import pava as _scipy_pava
-except ImportError:  # pragma: no cover - depends on the SciPy build
-    _scipy_pava = None
+_SCIPY_PAVA: Callable[..., Any] | None = None
+
+
+def _scipy_pava() -> Callable[..., Any]:
+    """SciPy's in-place PAVA kernel, imported on first use (SciPy is a heavy import)."""
+    global _SCIPY_PAVA
+    if _SCIPY_PAVA is None:
+        try:  # the kernel behind scipy.optimize.isotonic_regression (SciPy >= 1.12)
+            from scipy.optimize._pava_pybind import pava
+        except ImportError:  # pragma: no cover - depends on the SciPy build
+            from scipy.optimize import isotonic_regression
+
+            def pava(z: np.ndarray, w: np.ndarray, r: np.ndarray) -> None:
+                z[:] = isotonic_regression(z).x
+
+        _SCIPY_PAVA = pava
+    return _SCIPY_PAVA
 
 
 def pava_row_(z: np.ndarray) -> None:
     """Replace a contiguous float64 1-D array by its isotonic regression, in place."""
     n = z.shape[0]
-    if n < 2:
-        return
-    if _scipy_pava is not None:
-        _scipy_pava(z, np.ones(n), np.empty(n + 1, dtype=np.intp))
-    else:  # pragma: no cover - public API, a little slower (validation and copies)
-        from scipy.optimize import isotonic_regression
-
-        z[:] = isotonic_regression(z).x
+    if n >= 2:
+        _scipy_pava()(z, np.ones(n), np.empty(n + 1, dtype=np.intp))
 
 
 def threads() -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from .backend import Backend
 from .common import check_rows
 
 
@@ -45,3 +46,6 @@ def isotonic_rounds(y: torch.Tensor) -> torch.Tensor:
         row = row[starts]
     values = means.repeat_interleave(sizes.long(), output_size=total)
     return values.view(rows, n).to(y.dtype)
+
+
+BACKEND = Backend("rounds", isotonic_rounds)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from .backend import Backend
 from .common import ceil_log2, check_rows, prefix_sums, previous_vertex, slopes
 
 
@@ -91,3 +92,6 @@ def isotonic_search(y: torch.Tensor) -> torch.Tensor:
         ends = vertex[:, 1:].view(rows, nb, 2 * h) & ~inside
         vertex = torch.cat([vertex[:, :1], ends.view(rows, m)], dim=1)
     return slopes(s, vertex, n, shift, y.dtype)
+
+
+BACKEND = Backend("search", isotonic_search)

@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 from torch.utils._python_dispatch import _disable_current_modes
 
+from .backend import Backend, RowsResult, is_active
 from .common import ceil_log2, check_rows
 
 #: True when the kernels below were defined for Triton's interpreter (CPU tensors).
@@ -491,3 +492,23 @@ def prox_rows_triton(
     else:
         lam_t = torch.full((1,), float(lam), dtype=torch.float64, device=x.device)
     return _prox_rows_op(x.contiguous(), lam_t, with_z)
+
+
+class TritonBackend(Backend):
+    """The "triton" backend: the whole prox of a row set is one fused custom op."""
+
+    def __init__(self) -> None:
+        super().__init__("triton", isotonic_triton)
+
+    def check_device(self, t: torch.Tensor) -> None:
+        check_device(t)
+
+    def prox_rows(
+        self, rows: torch.Tensor, lam: float | torch.Tensor, with_z: bool = True
+    ) -> RowsResult:
+        if not is_active(rows.shape[1], lam):
+            return super().prox_rows(rows, lam, with_z)
+        return prox_rows_triton(rows, lam, with_z)
+
+
+BACKEND = TritonBackend()

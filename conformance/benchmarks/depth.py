@@ -155,7 +155,7 @@ def measure_prox(method: str, d: int, device: str | None = None) -> OpCounter | 
     """Ops and syncs of the whole prox pipeline (sort, ramp, isotonic, unsort), if it exists."""
     device = device or DEFAULT_DEVICE[method]
     try:
-        from weightshare._prox import _prox_unchecked
+        from weightshare._prox import prox_unchecked
     except ImportError:
         return None
     if device == "meta":
@@ -164,7 +164,7 @@ def measure_prox(method: str, d: int, device: str | None = None) -> OpCounter | 
         from conformance.strategies import chain
 
         v = torch.from_numpy(chain(d, 1.0)).to(device)
-    return count(lambda: _prox_unchecked(v, 1.0, 0, method))
+    return count(lambda: prox_unchecked(v, 1.0, 0, method))
 
 
 Row = tuple[str, int, int, int, float, str]
@@ -222,12 +222,12 @@ def measure_triton(d: int, run: bool | None = None) -> tuple[OpCounter, list[str
     """
     from conformance.strategies import chain
     from weightshare._isotonic import triton_hull
-    from weightshare._prox import _prox_unchecked
+    from weightshare._prox import prox_unchecked
 
     run = d <= TRITON_RUN_MAX if run is None else run
     v = torch.from_numpy(chain(d, 1.0))
     with triton_hull.record_launches(run) as names, OpCounter() as counter:
-        _prox_unchecked(v, 1.0, 0, "triton")
+        prox_unchecked(v, 1.0, 0, "triton")
     return counter, names
 
 

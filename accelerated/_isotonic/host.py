@@ -1,4 +1,4 @@
-r"""The host ("pava") prox pipeline on NumPy views: sort, ramp, SciPy PAVA, scatter.
+r"""The host ("pava") backend: the prox pipeline on NumPy views (sort, ramp, SciPy PAVA, scatter).
 
 ``torch.sort`` on the CPU is several times slower than NumPy's SIMD sorts, and ``np.argsort`` is
 itself about twice as slow as a values-only ``np.sort``. So the permutation comes from a
@@ -13,10 +13,13 @@ when the machine has an idle core.
 from __future__ import annotations
 
 import os
+from collections.abc import Hashable
 
 import numpy as np
+import torch
 
-from ._isotonic.pava import parallel_rows, pava_row_, pool, threads
+from .backend import Backend, RowsResult
+from .pava import isotonic_pava, parallel_rows, pava_row_, pool, threads
 
 #: From this length on, a single vector is sorted as several buckets on several threads.
 SPLIT_MIN = 1 << 18
@@ -191,3 +194,69 @@ def _prox_long(x: np.ndarray, lam: float, out: np.ndarray, perm: np.ndarray, z: 
         subtract_ramp_(z, lam)
         pava_row_(z)
     out[perm] = z
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend: torch tensors in and out (CUDA tensors go to the host and back)
+
+_HOST_DTYPES = (torch.float32, torch.float64)
+
+
+class HostBackend(Backend):
+    """The "pava" backend: every row set on the host, spread over one thread pool."""
+
+    def __init__(self) -> None:
+        super().__init__("pava", isotonic_pava)
+
+    def group(self, rows: torch.Tensor) -> Hashable:
+        return "host"  # any dtype and device: the host threads take them all at once
+
+    def prox_rows(
+        self, rows: torch.Tensor, lam: float | torch.Tensor, with_z: bool = True
+    ) -> RowsResult:
+        b, d = rows.shape
+        device, dtype = rows.device, rows.dtype
+        x = rows.detach().to("cpu")
+        if dtype not in _HOST_DTYPES:
+            x = x.to(torch.float32)  # exact for float16 and bfloat16
+        x = x.resolve_neg().contiguous()
+        out_dtype = dtype if dtype in _HOST_DTYPES else torch.float64
+        out = torch.empty((b, d), dtype=out_dtype)
+        # int32 indices where they fit: the permutation is the largest buffer after the values
+        perm = torch.empty((b, d), dtype=torch.int32 if d < 2**31 else torch.int64)
+        zs = torch.empty((b, d), dtype=torch.float64)
+        if isinstance(lam, torch.Tensor):
+            lam_np = lam.detach().reshape(b).cpu().numpy()
+        else:
+            lam_np = np.full(b, lam)
+        prox_rows(x.numpy(), lam_np, out.numpy(), perm.numpy(), zs.numpy())
+        return out.to(device, dtype), perm.to(device), zs.to(device)
+
+    def prox_packed(
+        self, rows: list[torch.Tensor], lams: list[float | torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Large row sets one by one (each using every thread), small ones spread over the pool."""
+        large = [i for i, r in enumerate(rows) if r.numel() >= SPLIT_MIN // 2 or threads() == 1]
+        small = [i for i in range(len(rows)) if i not in set(large)]
+        outs: list[torch.Tensor | None] = [None] * len(rows)
+        for i in large:
+            outs[i] = self.prox_rows(rows[i], lams[i])[0]
+        if small:
+            chunks: list[list[int]] = [[] for _ in range(threads())]
+            loads = [0] * threads()
+            for i in sorted(small, key=lambda i: -rows[i].numel()):
+                j = loads.index(min(loads))
+                chunks[j].append(i)
+                loads[j] += rows[i].numel()
+
+            def work(chunk: list[int]) -> list[torch.Tensor]:
+                return [self.prox_rows(rows[i], lams[i])[0] for i in chunk]
+
+            futures = [(chunk, pool().submit(work, chunk)) for chunk in chunks if chunk]
+            for chunk, future in futures:
+                for i, out in zip(chunk, future.result(), strict=True):
+                    outs[i] = out
+        return [out for out in outs if out is not None]
+
+
+BACKEND = HostBackend()

@@ -1,0 +1,129 @@
+r"""The backend interface: one isotonic method and the whole prox of a batch of rows built on it.
+
+A backend answers three calls, the only ones the prox pipeline makes:
+
+* :meth:`Backend.prox_rows`: the prox of every row of one ``(B, d)`` tensor (sort, ramp,
+  isotonic step, cast, unsort), with the sort permutation and the sorted float64 prox values
+  the backward pass needs;
+* :meth:`Backend.prox_packed`: the prox of several row sets at once, without autograd (the fused
+  pass of ``prox_many`` and of the attach step); :meth:`Backend.group` says which row sets may
+  share one call;
+* ``Backend.isotonic``: the ``(B, n) -> (B, n)`` isotonic regression itself.
+
+This base class is the torch-op pipeline around any ``isotonic`` function ("rounds", "search",
+"hull"): ``torch.sort``, the ramp in float64, the kernel, a scatter. Backends with their own
+pipeline ("pava" on the host, "triton") override what they fuse.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+
+import torch
+
+from .. import _rows
+
+#: ``(out rows, sort permutation, sorted float64 prox values)``
+RowsResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+class Backend:
+    """The prox pipeline of one isotonic method in torch ops.
+
+    Args:
+        name: the method's name (``method=`` of the prox).
+        isotonic: the row-wise isotonic regression, ``(B, n) -> (B, n)`` float32/float64.
+    """
+
+    def __init__(self, name: str, isotonic: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.name = name
+        #: the row-wise isotonic regression of a contiguous ``(B, n)`` float tensor
+        self.isotonic = isotonic
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    def check_device(self, t: torch.Tensor) -> None:
+        """Raise if the method cannot run on ``t``'s device (every device here)."""
+
+    def group(self, rows: torch.Tensor) -> Hashable:
+        """Row sets with equal keys may share one :meth:`prox_packed` call."""
+        return (rows.dtype, rows.device)
+
+    def prox_rows(
+        self, rows: torch.Tensor, lam: float | torch.Tensor, with_z: bool = True
+    ) -> RowsResult:
+        """The prox of each row of ``rows`` (``(B, d)``, ``B·d > 0``) with strength ``lam`` (a
+        float or a float64 ``(B, 1)`` column). ``with_z=False`` lets a backend skip the sorted
+        values (they are only needed for the backward pass)."""
+        d = rows.shape[1]
+        xs, perm = torch.sort(rows, dim=1)
+        z = xs.to(torch.float64)
+        if is_active(d, lam):
+            z = z - lam * _rows.ramp(d, rows.device)
+            z = self.isotonic(z.contiguous())
+        out = torch.zeros_like(rows).scatter(1, perm, z.to(rows.dtype))
+        return out, perm, z
+
+    def prox_packed(
+        self, rows: list[torch.Tensor], lams: list[float | torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Prox of several non-empty ``(B_i, d_i)`` row sets of one :meth:`group` in one pass.
+
+        Every row is padded to the longest length D with its own maximum, sorted (stably, so the
+        padding stays behind the real entries), given the ramp of its own length, and its sorted
+        tail is padded with the largest real value of ``z``, which leaves the isotonic solution of
+        the real part unchanged (the hull-algorithm padding argument). One sort and one kernel
+        call over ``(sum B_i, D)``; then every row's first ``d_i`` outputs are unsorted back.
+        """
+        device = rows[0].device
+        lengths = [r.shape[1] for r in rows]
+        counts = [r.shape[0] for r in rows]
+        if len(set(lengths)) == 1:  # nothing to pad
+            out, _, _ = self.prox_rows(torch.cat(rows), stacked_strengths(rows, lams), False)
+            return list(out.split(counts))
+        width = max(lengths)
+        padded = torch.cat(
+            [
+                torch.cat([r, r.amax(1, keepdim=True).expand(r.shape[0], width - d)], dim=1)
+                for r, d in zip(rows, lengths, strict=True)
+            ]
+        )
+        d_row = torch.cat(
+            [
+                torch.full((r.shape[0], 1), d, dtype=torch.float64, device=device)
+                for r, d in zip(rows, lengths, strict=True)
+            ]
+        )
+        xs, perm = torch.sort(padded, dim=1, stable=True)
+        k = torch.arange(width, dtype=torch.float64, device=device)
+        real = k < d_row
+        ramp = torch.where(real, (2.0 * k - (d_row - 1)) / (d_row - 1).clamp_min(1.0), 0.0)
+        z = xs.to(torch.float64) - stacked_strengths(rows, lams) * ramp
+        top = torch.where(real, z, -torch.inf).amax(1, keepdim=True)
+        z = self.isotonic(torch.where(real, z, top).contiguous())
+        out = torch.zeros_like(padded).scatter(1, perm, z.to(padded.dtype))
+        return [part[:, :d] for part, d in zip(out.split(counts), lengths, strict=True)]
+
+
+def is_active(d: int, lam: float | torch.Tensor) -> bool:
+    """Whether the prox can move a row of length ``d`` (else it is the identity)."""
+    return d > 1 and (isinstance(lam, torch.Tensor) or lam != 0.0)
+
+
+def stacked_strengths(
+    rows: list[torch.Tensor], lams: list[float | torch.Tensor]
+) -> float | torch.Tensor:
+    """One float when every strength is the same float, else a float64 ``(sum B_i, 1)`` column."""
+    floats = [lam for lam in lams if not isinstance(lam, torch.Tensor)]
+    if len(floats) == len(lams) and len(set(floats)) == 1:
+        return floats[0]
+    device = rows[0].device
+    return torch.cat(
+        [
+            torch.as_tensor(lam, dtype=torch.float64, device=device)
+            .reshape(-1, 1)
+            .expand(r.shape[0], 1)
+            for r, lam in zip(rows, lams, strict=True)
+        ]
+    )

@@ -610,8 +610,8 @@ def test_bad_table_arguments(fn: str, args: tuple, kwargs: dict, exc: type, matc
 def test_bad_weight_map_arguments() -> None:
     v, idx, sg = np.array([1.0, 2.0]), np.array([[0, 1], [1, 0]]), np.array([[1, -1], [1, 1]])
     cases = [
-        ((np.array([1, 2]), idx, None), TypeError, "values must be a real floating"),
-        ((np.array([1.0, np.nan]), idx, None), ValueError, "values has 1 NaN/inf"),
+        ((np.array([1, 2]), idx, None), TypeError, "values must have a real floating dtype"),
+        ((np.array([1.0, np.nan]), idx, None), ValueError, "values has 1 non-finite"),
         ((v.reshape(1, 2), idx, None), ValueError, r"shape \(K,\), got shape \(1, 2\)"),
         ((v, idx.astype(np.float64), None), TypeError, "index must be an integer"),
         ((v, idx + 1, None), ValueError, r"index has 2 entries outside \[0, 2\)"),

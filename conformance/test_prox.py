@@ -669,3 +669,87 @@ class _OpNames(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         self.names.append(str(func.overloadpacket))
         return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.req("PROX-20")
+def test_one_vocabulary_for_non_finite_values() -> None:
+    bad = torch.tensor([[1.0, float("nan")], [float("inf"), 0.0]])
+    lin = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        lin.weight.copy_(bad)
+    calls = {
+        "prox": lambda: weightshare.prox(bad, 0.1),
+        "prox_many": lambda: weightshare.prox_many([bad], 0.1),
+        "penalty": lambda: weightshare.penalty(bad),
+        "clusters": lambda: weightshare.clusters(bad),
+        "soft_threshold": lambda: weightshare.soft_threshold(bad, 0.1),
+        "num_distinct": lambda: weightshare.num_distinct(bad),
+        "tie": lambda: weightshare.tie(lin),
+        "symmetry.project": lambda: weightshare.symmetry.project("symmetric", bad),
+        "factorization.product": lambda: weightshare.factorization.product([bad, bad]),
+        "reference.prox": lambda: reference.prox(bad.numpy().ravel(), 0.1),
+        "reference.penalty": lambda: reference.penalty(bad.numpy().ravel()),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=r"has 2 non-finite value\(s\) \(NaN or inf\)"):
+            call()
+        assert torch.equal(lin.weight.detach().isnan(), bad.isnan()), name  # nothing changed
+
+
+@pytest.mark.req("PROX-20")
+def test_one_vocabulary_for_strengths_and_dtypes() -> None:
+    v = torch.tensor([0.0, 1.0, 3.0])
+    for call in (
+        lambda lam: weightshare.prox(v, lam),
+        lambda lam: weightshare.prox_many([v], lam),
+        lambda lam: reference.prox(v.numpy(), lam),
+    ):
+        with pytest.raises(ValueError, match=r"lam.* must be >= 0, got -1\.0"):
+            call(-1.0)
+        with pytest.raises(ValueError, match="must be finite, got nan"):
+            call(float("nan"))
+    with pytest.raises(ValueError, match=r"lam has 1 negative value\(s\); need >= 0"):
+        weightshare.prox(torch.ones(2, 3), torch.tensor([1.0, -1.0]), dim=1)
+    for call in (
+        lambda: weightshare.prox(torch.arange(3), 0.1),
+        lambda: weightshare.penalty(torch.arange(3)),
+        lambda: weightshare.num_distinct(torch.arange(3)),
+        lambda: reference.penalty(np.arange(3)),
+    ):
+        with pytest.raises(TypeError, match="must have a real floating dtype, got"):
+            call()
+
+
+@pytest.mark.req("PROX-20")
+def test_numpy_strengths_and_the_sequence_arguments_of_prox_many() -> None:
+    v = torch.tensor([0.0, 0.1, 1.0])
+    want = weightshare.prox(v, 0.2)
+    for lam in (np.float32(0.2), np.float64(0.2), np.array(0.2)[()]):
+        assert torch.equal(weightshare.prox(v, lam), want)
+        assert torch.equal(weightshare.prox_many([v], lam)[0], want)
+        assert torch.equal(weightshare.prox_many([v, v], [lam, 0.2])[0], want)
+    with pytest.raises(TypeError, match="lams must be a float, a tensor or a sequence"):
+        weightshare.prox_many([v], None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="lams must be a float, a tensor or a sequence"):
+        weightshare.prox_many([v], "0.1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="lam must be a float or a tensor"):
+        weightshare.prox(v, True)
+    with pytest.raises(TypeError, match=r"one tensor of shape \(2, 3\); wrap it in a list"):
+        weightshare.prox_many(torch.ones(2, 3), 0.1)
+
+
+@pytest.mark.req("PROX-20")
+def test_one_dim_rule() -> None:
+    scalar = torch.tensor(2.0)
+    for dim in (0, -1, None):
+        assert torch.equal(weightshare.prox(scalar, 0.5, dim=dim), scalar)
+    p = torch.nn.Parameter(torch.tensor(2.0))
+    opt = torch.optim.SGD([p], lr=0.1)
+    handle = weightshare.attach(opt, 0.5, params=[p], dim=-1)  # the same rule as prox
+    handle.remove()
+    for call in (
+        lambda: weightshare.prox(torch.ones(3), 0.1, dim=1),
+        lambda: weightshare.attach(opt, 0.5, params=[p], dim=1),
+    ):
+        with pytest.raises(IndexError, match=r"dim 1 is out of range .*shape \(\)|shape \(3,\)"):
+            call()

@@ -598,3 +598,47 @@ def test_cuda_attach_reports_nan_later() -> None:
     with pytest.raises(ValueError, match="non-finite"):
         handle.check()
     handle.check()  # reported once
+
+
+@pytest.mark.req("TRAIN-21")
+def test_a_strength_per_parameter() -> None:
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)  # one group for every layer
+    w0, w2 = model[0].weight, model[2].weight
+    before = [w0.detach().clone(), w2.detach().clone()]
+    ws.attach(opt, {w0: 0.5, w2: np.float32(0.05)})
+    (group,) = opt.param_groups
+    assert group["wsr_mask"] == [True, False, True, False]
+    assert group["wsr_lam"] == [0.5, 0.0, pytest.approx(0.05), 0.0]
+    x, y = data()
+    twin = copy.deepcopy(model)
+    plain = torch.optim.SGD(twin.parameters(), lr=0.2)
+    train_step(model, opt, x, y)
+    train_step(twin, plain, x, y)  # the same step without the prox
+    for p, q, lam in (
+        (w0, twin[0].weight, group["wsr_lam"][0]),
+        (w2, twin[2].weight, group["wsr_lam"][2]),
+    ):
+        want = ws.prox(q.detach(), 0.2 * lam)
+        torch.testing.assert_close(p.detach(), want, rtol=0, atol=1e-12)
+    assert not torch.equal(w0.detach(), before[0]) and not torch.equal(w2.detach(), before[1])
+    # the per-parameter list survives a state dict and resumes
+    fresh = torch.optim.SGD(mlp().parameters(), lr=0.2)
+    fresh.load_state_dict(opt.state_dict())
+    assert fresh.param_groups[0]["wsr_lam"] == group["wsr_lam"]
+    ws.attach(fresh, None).remove()
+
+
+@pytest.mark.req("TRAIN-21")
+def test_a_strength_per_parameter_errors_change_nothing() -> None:
+    model = mlp()
+    opt = torch.optim.SGD(model[0].parameters(), lr=0.2)
+    with pytest.raises(ValueError, match=r"shape \(3, 4\) in lam is not held"):
+        ws.attach(opt, {model[0].weight: 0.1, model[2].weight: 0.1})
+    with pytest.raises(ValueError, match=">= 0"):
+        ws.attach(opt, {model[0].weight: -0.1})
+    with pytest.raises(ValueError, match="pass no params"):
+        ws.attach(opt, {model[0].weight: 0.1}, params=[model[0].weight])
+    with pytest.raises(ValueError, match="empty mapping"):
+        ws.attach(opt, {})
+    assert wsr_keys(opt) == [{}]

@@ -11,7 +11,7 @@ import math
 import numbers
 import operator
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 import numpy as np
 
@@ -19,7 +19,7 @@ import numpy as np
 # generic
 
 
-def is_int(x: Any) -> bool:
+def is_int(x: object) -> TypeGuard[int]:
     """Whether ``x`` is a Python ``int`` (``bool`` excluded)."""
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -58,23 +58,23 @@ def check_real(x: Any, name: str) -> float:
 
 def check_nonneg_finite(x: Any, name: str) -> float:
     """``float(x)``, which must be finite and >= 0."""
-    x = float(x)
-    if not math.isfinite(x):
-        raise ValueError(f"{name} must be finite, got {x}")
-    if x < 0:
-        raise ValueError(f"{name} must be >= 0, got {x}")
-    return x
+    value = float(x)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
 
 
 def check_float_array(w: Any, name: str) -> np.ndarray:
     """``np.asarray(w)``, which must be a real floating array without NaN/inf."""
-    w = np.asarray(w)
-    if w.dtype == bool or not np.issubdtype(w.dtype, np.floating):
-        raise TypeError(dtype_message(name, w.dtype))
-    bad = int(np.count_nonzero(~np.isfinite(w)))
+    arr = np.asarray(w)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.floating):
+        raise TypeError(dtype_message(name, arr.dtype))
+    bad = int(np.count_nonzero(~np.isfinite(arr)))
     if bad:
         raise ValueError(nonfinite_message(name, bad))
-    return w
+    return arr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -87,7 +87,7 @@ _MAX_SEED = (1 << 64) - 1
 
 def check_shape(shape: int | Sequence[int]) -> tuple[int, ...]:
     """A weight shape: one positive int or a non-empty sequence of them."""
-    dims = (shape,) if isinstance(shape, numbers.Integral) else tuple(shape)
+    dims = (shape,) if isinstance(shape, int | numbers.Integral) else tuple(shape)
     if not dims:
         raise ValueError("shape must have at least one dimension, got ()")
     dims = tuple(check_int(d, "every dimension of shape") for d in dims)
@@ -127,9 +127,10 @@ def check_alpha(alpha: object) -> float:
     """A Dirichlet concentration: a real number (not ``bool``), finite and > 0, as a float."""
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
         raise TypeError(f"alpha must be a real number, got {type(alpha).__name__}")
-    if not (math.isfinite(alpha) and alpha > 0):
+    value = float(alpha)
+    if not (math.isfinite(value) and value > 0):
         raise ValueError(f"alpha must be finite and > 0, got {alpha}")
-    return float(alpha)
+    return value
 
 
 def check_radius(radius: object) -> int:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ._args import check_nonneg_finite
 from ._penalty import InputDTypeError, as_vector
+
+if TYPE_CHECKING:
+    import cvxpy as cp
 
 #: Largest d the CVXPY programs accept (the pairwise program has d(d-1)/2 terms).
 CVXPY_MAX_D = 100
@@ -68,7 +72,7 @@ def pava(y: ArrayLike) -> NDArray[np.float64]:
     return out
 
 
-def _solve(problem, name: str) -> None:  # type: ignore[no-untyped-def]
+def _solve(problem: cp.Problem, name: str) -> None:
     """Solve with OSQP (polished), or with Clarabel where OSQP does not reach "optimal".
 
     OSQP's polishing lands on the exact active set (Clarabel reported "optimal" ~3e-5 away from
@@ -77,7 +81,7 @@ def _solve(problem, name: str) -> None:  # type: ignore[no-untyped-def]
     """
     import cvxpy as cp
 
-    attempts = (
+    attempts: tuple[tuple[str, dict[str, object]], ...] = (
         (
             cp.OSQP,
             {"eps_abs": CVXPY_TOL, "eps_rel": CVXPY_TOL, "polishing": True, "max_iter": 200_000},

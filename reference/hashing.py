@@ -300,7 +300,7 @@ def materialize(
         raise ValueError(f"values must be a vector of shape (K,), got shape {w.shape}")
     h = _index(index, w.shape[0])
     xi = _sign(sign, h.shape)
-    out = w[h]
+    out: np.ndarray = w[h]
     return out if xi is None else (out * xi).astype(w.dtype, copy=False)
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from ._args import KINDS as KINDS
 from ._args import check_float_array, parse_kind
@@ -27,7 +28,9 @@ __all__ = ["KINDS", "build", "free", "num_free", "project", "table"]
 Index = tuple[int, ...]
 
 
-def _generators(parts: tuple[str, ...], shape: Index, kw: dict) -> list[Callable[[Index], Index]]:
+def _generators(
+    parts: tuple[str, ...], shape: Index, kw: dict[str, Any]
+) -> list[Callable[[Index], Index]]:
     """The symmetry equations ``W[p] = W[g(p)]`` as index maps ``g``."""
     n0 = shape[0]
     n1 = shape[1] if len(shape) > 1 else 1
@@ -69,7 +72,7 @@ def _generators(parts: tuple[str, ...], shape: Index, kw: dict) -> list[Callable
     return gens
 
 
-def table(kind: str, shape: Sequence[int], **kind_kwargs: Any) -> np.ndarray:
+def table(kind: str, shape: Sequence[int], **kind_kwargs: Any) -> NDArray[np.int64]:
     r"""The index table $H$ of a linear kind: $W = \text{free}[H]$.
 
     Args:
@@ -96,7 +99,8 @@ def table(kind: str, shape: Sequence[int], **kind_kwargs: Any) -> np.ndarray:
     gens = _generators(parts, shape, kw)
     for p in np.ndindex(*shape):
         for g in gens:
-            a, b = root(np.ravel_multi_index(p, shape)), root(np.ravel_multi_index(g(p), shape))
+            a = root(int(np.ravel_multi_index(p, shape)))
+            b = root(int(np.ravel_multi_index(g(p), shape)))
             parent[max(a, b)] = min(a, b)  # the root of an orbit is its smallest flat index
     roots = [root(a) for a in range(len(parent))]
     slot = {r: k for k, r in enumerate(sorted(set(roots)))}
@@ -134,8 +138,10 @@ def num_free(kind: str, shape: Sequence[int], **kind_kwargs: Any) -> int:
         k = shape[2]
         return shape[0] * shape[1] * k * (k + 1) // 2
     if part == "chunk":
-        return math.prod(shape) // kw["chunks"]
-    return taps * kw["rank"] * (n + 1)  # eigen
+        chunks: int = kw["chunks"]
+        return math.prod(shape) // chunks
+    rank: int = kw["rank"]
+    return taps * rank * (n + 1)  # eigen
 
 
 def _taps_first(W: np.ndarray) -> np.ndarray:
@@ -144,7 +150,7 @@ def _taps_first(W: np.ndarray) -> np.ndarray:
     return W.reshape(n, n, -1).transpose(2, 0, 1)
 
 
-def build(kind: str, free: Any, shape: Sequence[int], **kind_kwargs: Any) -> np.ndarray:
+def build(kind: str, free: ArrayLike, shape: Sequence[int], **kind_kwargs: Any) -> np.ndarray:
     r"""The weight built from its free parameters.
 
     Linear kinds: $W = \text{free}[H]$ with $H$ = ``table(kind, shape)``. ``eigen`` with rank $r$:
@@ -174,7 +180,7 @@ def build(kind: str, free: Any, shape: Sequence[int], **kind_kwargs: Any) -> np.
     n, r, taps = shape[0], kw["rank"], math.prod(shape[2:])
     V = free[: taps * n * r].reshape(taps, n, r)
     e = free[taps * n * r :].reshape(taps, r)
-    W = np.einsum("tik,tk,tjk->tij", V, e, V)
+    W: np.ndarray = np.einsum("tik,tk,tjk->tij", V, e, V)
     return W.transpose(1, 2, 0).reshape(shape)
 
 

@@ -54,9 +54,7 @@ gpu-check:
 lint: docs-src
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy -p weightshare.reference --follow-imports=silent
-# TODO(issue H): accelerated/ does not type-check yet; once it does, the line above becomes:
-#	$(VENV)/bin/mypy -p weightshare
+	$(VENV)/bin/mypy -p weightshare
 
 ## The headline experiment, quick: MNIST-1D (generated locally), original and shuffled positions,
 ## the published baselines beside ours; about 2 minutes on 2 cores. --dataset digits for 8x8 digits.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -24,6 +24,10 @@ from .reference._args import (
     negative_message,
     nonfinite_message,
 )
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
+    from typing_extensions import TypeIs
 
 #: A strength: a number, or a tensor broadcastable to the batch shape.
 Lam = float | torch.Tensor
@@ -46,7 +50,7 @@ def dtensor_class() -> Any:
     return _DTENSOR or None
 
 
-def is_dtensor(t: object) -> bool:
+def is_dtensor(t: object) -> TypeIs[DTensor]:
     """Whether ``t`` is a ``DTensor`` (a plain tensor or Parameter answers without an import)."""
     if type(t) is torch.Tensor or type(t) is torch.nn.Parameter:
         return False
@@ -176,7 +180,7 @@ def tensor_list(tensors: object, name: str = "tensors") -> list[torch.Tensor]:
         )
     if isinstance(tensors, str | bytes) or not hasattr(tensors, "__iter__"):
         raise TypeError(f"{name} must be a sequence of tensors, got {type(tensors).__name__}")
-    return list(tensors)  # type: ignore[call-overload]
+    return list(tensors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,7 +199,7 @@ def should_validate(t: torch.Tensor) -> bool:
 class _Count(NamedTuple):
     """A pending count on the device, the name it concerns and how its message reads."""
 
-    count: torch.Tensor
+    value: torch.Tensor
     name: str
     negative: bool
 
@@ -231,8 +235,8 @@ def check_values(
             pending.append(_Count((lam < 0).sum().reshape(1), name, True))
     if not pending:
         return
-    device = pending[0].count.device
-    counts = torch.cat([p.count.to(device) for p in pending]).tolist()
+    device = pending[0].value.device
+    counts = torch.cat([p.value.to(device) for p in pending]).tolist()
     for p, count in zip(pending, counts, strict=True):
         if count:
             message = negative_message if p.negative else nonfinite_message

@@ -17,7 +17,7 @@ Results are DTensors with the input's mesh and placements (the batch placements 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -34,6 +34,9 @@ from ._distributed_layout import (
     wrap,
 )
 from ._distributed_sort import prox_sharded
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 #: "auto", "gather" or "sort": how a prox with a sharded vector dimension is computed.
 SHARDED_PATH = "auto"
@@ -117,22 +120,24 @@ def _needs_grad(v: torch.Tensor, lam: checks.Lam) -> bool:
     )
 
 
-def prox(v: Any, lam: object, dim: object, method: str) -> Any:
+def prox(v: DTensor, lam: object, dim: object, method: str) -> DTensor:
     """`weightshare.prox` of a ``DTensor``."""
     dim, lam = _validated(v, lam, dim, method)
     return _prox_checked([v], [lam], [dim], method)[0]
 
 
-def prox_(v: Any, lam: object, dim: object, method: str) -> Any:
+def prox_(v: DTensor, lam: object, dim: object, method: str) -> DTensor:
     """`weightshare.prox_` of a ``DTensor``: the local shard is overwritten."""
     dim, lam = _validated(v, lam, dim, method)
     with torch.no_grad():
-        out = _prox_checked([v.detach()], [lam], [dim], method)[0]
+        out = _prox_checked([cast("DTensor", v.detach())], [lam], [dim], method)[0]
         v.to_local().copy_(out.to_local())
     return v
 
 
-def prox_many(tensors: list[torch.Tensor], lams: object, dim: object, method: str) -> list[Any]:
+def prox_many(
+    tensors: list[torch.Tensor], lams: object, dim: object, method: str
+) -> list[torch.Tensor]:
     """`weightshare.prox_many` with at least one ``DTensor`` (plain tensors may be mixed in)."""
     methods.check_method(method)
     lams = checks.strength_list(lams, len(tensors))
@@ -151,29 +156,30 @@ def prox_many(tensors: list[torch.Tensor], lams: object, dim: object, method: st
                 f"prox_many got DTensors on different device meshes: tensors[{first}] on {mesh} "
                 f"and tensors[{i}] on {t.device_mesh}"
             )
-    dist_ids = [i for i, t in enumerate(tensors) if checks.is_dtensor(t)]
+    dtensors = [(i, t) for i, t in enumerate(tensors) if checks.is_dtensor(t)]
+    dist_ids = [i for i, _ in dtensors]
     plain_ids = [i for i in range(len(tensors)) if i not in set(dist_ids)]
     results: list[Any] = [None] * len(tensors)
     if plain_ids:  # validated (and computed) by the plain function, before any DTensor work
-        outs = plain.prox_many(
+        plain_outs = plain.prox_many(
             [tensors[i] for i in plain_ids], [lams[i] for i in plain_ids], dim, method=method
         )
-        for i, out in zip(plain_ids, outs, strict=True):
+        for i, out in zip(plain_ids, plain_outs, strict=True):
             results[i] = out
     outs = _prox_checked(
-        [tensors[i] for i in dist_ids],
-        [lams[i] for i in dist_ids],
+        [t for _, t in dtensors],
+        [cast(checks.Lam, lams[i]) for i in dist_ids],  # checked by _validated
         [dims[i] for i in dist_ids],
         method,
     )
-    for i, out in zip(dist_ids, outs, strict=True):
-        results[i] = out
+    for i, dout in zip(dist_ids, outs, strict=True):
+        results[i] = dout
     return results
 
 
 def _prox_checked(
-    tensors: list[Any], lams: list[checks.Lam], dims: list[int | None], method: str
-) -> list[Any]:
+    tensors: list[DTensor], lams: list[checks.Lam], dims: list[int | None], method: str
+) -> list[DTensor]:
     """The prox of validated DTensors: local ones in one fused call, then the sharded ones."""
     results: list[Any] = [None] * len(tensors)
     local: list[int] = []
@@ -234,7 +240,7 @@ def _full_rows(v: Any, dim: int | None) -> tuple[torch.Tensor, list[Any]]:
     return v.redistribute(v.device_mesh, placements).to_local(), placements
 
 
-def penalty(w: Any, dim: int | None) -> Any:
+def penalty(w: DTensor, dim: int | None) -> DTensor:
     """`weightshare.penalty` of a ``DTensor``: a ``DTensor`` with the batch placements."""
     checks.check_float(w, "w")
     dim = checks.normalize_dim(w, dim)
@@ -243,7 +249,7 @@ def penalty(w: Any, dim: int | None) -> Any:
     return wrap(out, w, batch_placements(placements, dim), checks.batch_shape(w, dim))
 
 
-def clusters(w: Any, dim: int | None) -> Any:
+def clusters(w: DTensor, dim: int | None) -> DTensor:
     """`weightshare.clusters` of a ``DTensor``: int64 labels with ``w``'s placements."""
     checks.check_float(w, "w")
     dim = checks.normalize_dim(w, dim)
@@ -252,7 +258,7 @@ def clusters(w: Any, dim: int | None) -> Any:
     return out.redistribute(w.device_mesh, w.placements)
 
 
-def soft_threshold(w: Any, t: float | torch.Tensor) -> Any:
+def soft_threshold(w: DTensor, t: float | torch.Tensor) -> DTensor:
     """`weightshare.soft_threshold` of a ``DTensor`` (elementwise: on the local shard)."""
     checks.check_float(w, "w")
     _check_lam_kind(t, "t")

@@ -9,11 +9,14 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import _checks as checks
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 
 def dtensor_api() -> ModuleType:
@@ -73,9 +76,11 @@ def stride(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(reversed(out))
 
 
-def wrap(local: torch.Tensor, like: Any, placements: Sequence[Any], shape: Sequence[int]) -> Any:
+def wrap(
+    local: torch.Tensor, like: Any, placements: Sequence[Any], shape: Sequence[int]
+) -> DTensor:
     """A ``DTensor`` of global ``shape`` from this rank's ``local`` part (no communication)."""
-    return checks.dtensor_class().from_local(
+    out: DTensor = checks.dtensor_class().from_local(
         local,
         like.device_mesh,
         placements,
@@ -83,6 +88,7 @@ def wrap(local: torch.Tensor, like: Any, placements: Sequence[Any], shape: Seque
         shape=torch.Size(shape),
         stride=stride(shape),
     )
+    return out
 
 
 def local_part(t: torch.Tensor, like: Any, placements: Sequence[Any]) -> torch.Tensor:

@@ -34,7 +34,9 @@ SAMPLES = 32
 CANDIDATES = 64
 
 
-def prox_sharded(v: Any, lam: checks.Lam, dim: int | None, method: str, mesh_dim: int) -> Any:
+def prox_sharded(
+    v: Any, lam: checks.Lam, dim: int | None, method: str, mesh_dim: int
+) -> torch.Tensor:
     """The prox of a ``DTensor`` whose vectors are split by mesh dimension ``mesh_dim`` only."""
     group = v.device_mesh.get_group(mesh_dim)
     local = v.to_local()
@@ -94,7 +96,9 @@ def _whole_vectors(local: torch.Tensor, dim: int, length: int, group: Any) -> tu
     return whole, back
 
 
-def _all_to_all(send: torch.Tensor, send_counts: list[int], recv_counts: list[int], group: Any):
+def _all_to_all(
+    send: torch.Tensor, send_counts: list[int], recv_counts: list[int], group: Any
+) -> torch.Tensor:
     recv = send.new_empty(sum(recv_counts))
     dist.all_to_all_single(recv, send.contiguous(), recv_counts, send_counts, group=group)
     return recv
@@ -162,7 +166,9 @@ def _prox_vector(x: torch.Tensor, lam: float, group: Any, method: str) -> torch.
     return out
 
 
-def _splitters(values: np.ndarray, index: np.ndarray, sizes: np.ndarray, p: int) -> list[tuple]:
+def _splitters(
+    values: np.ndarray, index: np.ndarray, sizes: np.ndarray, p: int
+) -> list[tuple[float, int, int]]:
     """``p - 1`` keys (value, rank, index): weighted quantiles of every rank's regular samples."""
     ranks = np.repeat(np.arange(p), values.shape[1])
     keep = np.repeat(sizes > 0, values.shape[1])
@@ -178,7 +184,7 @@ def _splitters(values: np.ndarray, index: np.ndarray, sizes: np.ndarray, p: int)
     return out
 
 
-def _position(xs: torch.Tensor, key: tuple, me: int) -> int:
+def _position(xs: torch.Tensor, key: tuple[float, int, int], me: int) -> int:
     """How many entries of this rank's sorted ``xs`` have a key below ``key``."""
     value, rank, index = key
     probe = torch.tensor([value], dtype=xs.dtype, device=xs.device)
@@ -230,8 +236,8 @@ def _merge_level(u: torch.Tensor, width: int, p: int, me: int, group: Any) -> No
             lo, hi = brackets[j]
             pool = info[pairs[j][0] + pairs[j][1], 4:].ravel()
             inside = pool[(pool > lo) & (pool < hi)]
-            c = np.unique(np.concatenate([[lo, hi], inside]))
-            cands[j, : c.size] = c
+            found = np.unique(np.concatenate([[lo, hi], inside]))
+            cands[j, : found.size] = found
         # this rank's part of h at its pair's candidates: [sum, count] above (A) or below (C)
         part = np.zeros((cands.shape[1], 2))
         if mine in active:
@@ -253,8 +259,8 @@ def _merge_level(u: torch.Tensor, width: int, p: int, me: int, group: Any) -> No
             lo, hi = brackets[mine]
             window = u[(u > lo) & (u < hi)]
         info = _propose(u, window, q, group)
-    if mine is not None and roots[mine] is not None:
-        mu = roots[mine]
+    mu = roots[mine] if mine is not None else None
+    if mu is not None:
         if on_left:
             u[u > mu] = mu
         else:

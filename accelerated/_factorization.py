@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import _checks as checks
+from ._parametrized import parametrization_list, parametrized_names
 from .reference._args import check_depth, check_init, check_nonneg_finite
 
 # The public names are listed once, in ``weightshare.factorization`` (``__all__``), which
@@ -85,7 +86,11 @@ def factor_penalty(factors: Sequence[Tensor], mu: float) -> Tensor:
     """
     tensors = _check_factors(factors)
     mu = check_nonneg_finite(mu, "mu")
-    return mu * sum(u.square().sum() for u in tensors)
+    squares = [u.square().sum() for u in tensors]
+    total = squares[0]
+    for square in squares[1:]:
+        total = total + square
+    return mu * total
 
 
 def weight_decay_for(lam: float, depth: int) -> float:
@@ -133,14 +138,16 @@ def init(
     depth, std, lo, hi = check_init(depth, std, eps, truncate)
     scale = std ** (1.0 / depth)
     shape = tuple(int(s) for s in shape)
-    kw = {"generator": generator, "device": device, "dtype": dtype}
     out = []
     for _ in range(depth):
-        u = torch.randn(shape, **kw) * scale
+        u = torch.randn(shape, generator=generator, device=device, dtype=dtype) * scale
         if truncate:
             bad = ~((u.abs() > lo) & (u.abs() < hi))
             while bool(bad.any()):
-                u[bad] = torch.randn(int(bad.sum()), **kw) * scale
+                redraw = torch.randn(
+                    int(bad.sum()), generator=generator, device=device, dtype=dtype
+                )
+                u[bad] = redraw * scale
                 bad = ~((u.abs() > lo) & (u.abs() < hi))
         out.append(u)
     return out
@@ -266,7 +273,7 @@ def factorize(
 
 
 def _factorization(module: nn.Module, name: str) -> Factorization:
-    plist = module.parametrizations[name] if parametrize.is_parametrized(module, name) else None
+    plist = parametrization_list(module, name)
     if plist is None or len(plist) != 1 or not isinstance(plist[0], Factorization):
         raise ValueError(f"{name!r} of {type(module).__name__} is not factorized by factorize()")
     return plist[0]
@@ -283,7 +290,7 @@ def factors(module: nn.Module, name: str = "weight") -> tuple[Tensor, ...]:
         The ``original0..D-1`` parameters, in order.
     """
     depth = _factorization(module, name).depth
-    plist = module.parametrizations[name]
+    plist = parametrization_list(module, name)
     return tuple(getattr(plist, f"original{d}") for d in range(depth))
 
 
@@ -328,8 +335,7 @@ def _logical_tensors(module: nn.Module) -> list[Tensor]:
         if id(m) in hidden:
             continue
         out += [p for p in m._parameters.values() if p is not None]
-        if parametrize.is_parametrized(m):
-            out += [getattr(m, n) for n in m.parametrizations]
+        out += [getattr(m, n) for n in parametrized_names(m)]
     return out
 
 

@@ -297,7 +297,9 @@ def entropy(index: torch.Tensor, num_buckets: int, *, normalized: bool = False) 
     k = check_buckets(num_buckets)
     h = _index(index, k)
     q = torch.bincount(h.reshape(-1), minlength=k).to(torch.float64) / h.numel()
-    ent = 0.0 - torch.special.xlogy(q, q).sum()  # 0.0 - x keeps +0.0 for one full bucket
+    ent: torch.Tensor = (
+        0.0 - torch.special.xlogy(q, q).sum()
+    )  # 0.0 - x keeps +0.0 for one full bucket
     if not normalized:
         return ent
     return torch.ones_like(ent) if k == 1 else ent / math.log(k)

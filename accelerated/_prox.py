@@ -40,13 +40,13 @@ class _Prox(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         v: torch.Tensor, lam: float | torch.Tensor, dim: int | None, method: str
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return _forward(v, lam, dim, method)
 
     @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:  # type: ignore[override]
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         v, lam, dim, _ = inputs
         _, perm, zs = output
         ctx.mark_non_differentiable(perm, zs)
@@ -57,7 +57,7 @@ class _Prox(torch.autograd.Function):
         ctx.shape = v.shape
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, grad: torch.Tensor, _grad_perm: Any, _grad_zs: Any
     ) -> tuple[torch.Tensor, torch.Tensor | None, None, None]:
         perm, zs, lam_t = ctx.saved_tensors
@@ -112,7 +112,7 @@ def prox_unchecked(
     if method == "triton" and not _needs_grad(v, lam):
         # no backward pass: skip the float64 copy of the result it would need
         return _forward(v, lam_rows, dim, method, with_z=False)[0]
-    out: torch.Tensor = _Prox.apply(v, lam_rows, dim, method)[0]
+    out: torch.Tensor = _Prox.apply(v, lam_rows, dim, method)[0]  # type: ignore[no-untyped-call]
     return out
 
 

@@ -33,7 +33,9 @@ __all__ = [
 
 
 @lru_cache(maxsize=64)
-def _table(parts: tuple[str, ...], shape: tuple[int, ...], kw: tuple) -> Tensor:
+def _table(
+    parts: tuple[str, ...], shape: tuple[int, ...], kw: tuple[tuple[str, Any], ...]
+) -> Tensor:
     """Orbit table on the CPU: propagate the smallest flat index along every generator."""
     kwd = dict(kw)
     idx = torch.arange(math.prod(shape)).reshape(shape)
@@ -61,7 +63,8 @@ def _table(parts: tuple[str, ...], shape: tuple[int, ...], kw: tuple) -> Tensor:
         if torch.equal(new, rep):
             break
         rep = new
-    return torch.unique(rep, return_inverse=True)[1].reshape(shape)
+    inverse: Tensor = torch.unique(rep, return_inverse=True)[1]
+    return inverse.reshape(shape)
 
 
 def table(
@@ -114,8 +117,8 @@ def num_free(kind: str, shape: Sequence[int], **kind_kwargs: Any) -> int:
     if part == "spatial":
         return shape[0] * shape[1] * shape[2] * (shape[2] + 1) // 2
     if part == "chunk":
-        return math.prod(shape) // kw["chunks"]
-    return taps * kw["rank"] * (n + 1)  # eigen
+        return math.prod(shape) // int(kw["chunks"])
+    return taps * int(kw["rank"]) * (n + 1)  # eigen
 
 
 def _eigen_build(free: Tensor, shape: tuple[int, ...], rank: int) -> Tensor:

@@ -8,6 +8,7 @@ from torch.nn.utils import parametrize
 
 from . import _checks as checks
 from ._checks import is_dtensor
+from ._parametrized import parametrization_list
 from ._prox import clusters
 
 __all__ = ["num_distinct", "tie", "untie", "zero_fraction"]
@@ -118,11 +119,10 @@ def untie(module: nn.Module, name: str = "weight") -> nn.Module:
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"untie expects an nn.Module, got {type(module).__name__}")
-    if not parametrize.is_parametrized(module, name) or not any(
-        isinstance(p, Tied) for p in module.parametrizations[name]
-    ):
+    plist = parametrization_list(module, name)
+    if plist is None or not any(isinstance(p, Tied) for p in plist):
         raise ValueError(f"{name!r} of {type(module).__name__} is not tied")
-    if is_dtensor(module.parametrizations[name].original):
+    if is_dtensor(plist.original):
         raise NotImplementedError(
             f"untie of a sharded tie ({name!r} of {type(module).__name__}, a DTensor after "
             "fully_shard or tensor parallelism) is not supported: untie before sharding"

@@ -24,7 +24,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("_prox", "_penalty", "_deferred"),
     ("_distributed_layout", "_distributed_sort", "_distributed"),
     ("_api",),
-    ("_attach", "_tie", "_hashing", "_hashed_layers", "_symmetry", "_factorization"),
+    ("_parametrized", "_attach", "_tie", "_hashing", "_hashed_layers", "_symmetry"),
+    ("_factorization",),
     ("__init__", "factorization", "hashing", "nn", "symmetry"),
 )
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 import torch
 
-from .backend import Backend
+from .backend import Backend as Backend
 
 #: method name -> the module (in this package) that defines its ``BACKEND``
 _MODULES = {

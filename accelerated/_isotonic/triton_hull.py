@@ -461,7 +461,8 @@ def isotonic_triton(y: torch.Tensor) -> torch.Tensor:
     """
     check_rows(y, "isotonic_triton")
     check_device(y)
-    return _isotonic_op(y.contiguous())
+    out: torch.Tensor = _isotonic_op(y.contiguous())
+    return out
 
 
 def prox_rows_triton(
@@ -491,7 +492,10 @@ def prox_rows_triton(
             raise ValueError(f"lam has {lam_t.numel()} strengths for {x.shape[0]} rows")
     else:
         lam_t = torch.full((1,), float(lam), dtype=torch.float64, device=x.device)
-    return _prox_rows_op(x.contiguous(), lam_t, with_z)
+    result: tuple[torch.Tensor, torch.Tensor, torch.Tensor] = _prox_rows_op(
+        x.contiguous(), lam_t, with_z
+    )
+    return result
 
 
 class TritonBackend(Backend):

@@ -17,7 +17,7 @@ from torch import nn
 
 import weightshare as ws
 import weightshare._prox as ws_prox
-from conformance._spawn import run_world
+from conformance.distributed.spawn import run_world
 from conformance.strategies import vectors
 from weightshare import reference as ref
 
@@ -548,7 +548,7 @@ def test_metric_errors() -> None:
 def test_ddp_replicas_stay_bit_identical(tmp_path: Path) -> None:
     world = 2
     outs = [tmp_path / f"rank{r}.pt" for r in range(world)]
-    run_world("conformance._ddp_worker", world, [str(tmp_path / "rank{rank}.pt")])
+    run_world("conformance.distributed.ddp_rank", world, [str(tmp_path / "rank{rank}.pt")])
     states = [torch.load(o, weights_only=True) for o in outs]
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key]), key

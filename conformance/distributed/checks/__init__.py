@@ -2,7 +2,7 @@
 
 ``placements``: the API on every layout, local and gathered (DIST-1..3); ``sort_path``: the
 distributed path for split vectors (DIST-4); ``errors``: bad inputs (DIST-8); ``training``: FSDP2
-and TP training against unsharded twins, state dicts and ties (DIST-5..7).
+and TP training against unsharded twins (``twins``), state dicts and ties (DIST-5..7).
 """
 
 from __future__ import annotations

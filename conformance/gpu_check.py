@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     world = max(1, torch.cuda.device_count())
     dist = subprocess.run(
-        [sys.executable, "-m", "conformance._distributed_worker", "--world", str(world),
+        [sys.executable, "-m", "conformance.distributed", "--world", str(world),
          "--backend", "nccl"],
         cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=300,
     )  # fmt: skip

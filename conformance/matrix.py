@@ -1,7 +1,9 @@
 """The requirement -> test matrix: every normative id in ``spec/`` and the tests that prove it.
 
 A requirement is defined where a line of a spec page starts (after an optional list bullet or table
-bar) with its id in bold, e.g. ``**PROX-3**``. A test proves it with ``@pytest.mark.req("PROX-3")``.
+bar) with its id in bold, e.g. ``**PROX-3**``. A test proves it with ``@pytest.mark.req("PROX-3")``;
+a multi-process check (``conformance/distributed/checks/``, one test of ``test_distributed.py``
+per world) with ``@check("DIST-1")``.
 ``python -m conformance.matrix --write`` regenerates ``spec/_snippets/matrix.md``; the conformance
 test ``test_matrix.py`` fails when the committed table drifts from this computation.
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "spec"
 TESTS = ROOT / "conformance"
+CHECKS = TESTS / "distributed" / "checks"
 SNIPPET = SPEC / "_snippets" / "matrix.md"
 
 _DEFINITION = re.compile(r"^\s*(?:[-*|]\s*)?\*\*([A-Z]+-\d+)\*\*", re.M)
@@ -37,21 +40,27 @@ def requirements() -> dict[str, str]:
     return found
 
 
-def _req_ids(decorator: ast.expr) -> list[str]:
-    if isinstance(decorator, ast.Call) and ast.unparse(decorator.func).endswith("mark.req"):
-        return [a.value for a in decorator.args if isinstance(a, ast.Constant)]
+def _req_ids(decorator: ast.expr, name: str) -> list[str]:
+    """The ids a decorator ``name(...)`` (or ``something.name(...)``) names."""
+    if isinstance(decorator, ast.Call):
+        called = ast.unparse(decorator.func)
+        if called == name or called.endswith(f".{name}"):
+            return [a.value for a in decorator.args if isinstance(a, ast.Constant)]
     return []
 
 
 def proofs() -> dict[str, list[str]]:
-    """Map each requirement id named by a ``req`` mark to its tests (``file::name``)."""
+    """Map each requirement id named by a ``req`` mark or a ``check`` decorator to its tests
+    (``file::name``)."""
     found: dict[str, list[str]] = defaultdict(list)
-    for path in sorted(TESTS.rglob("test_*.py")):
+    sources = [(path, "mark.req") for path in sorted(TESTS.rglob("test_*.py"))]
+    sources += [(path, "check") for path in sorted(CHECKS.glob("*.py"))]
+    for path, decorator in sources:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, ast.FunctionDef | ast.ClassDef):
                 for dec in node.decorator_list:
-                    for rid in _req_ids(dec):
+                    for rid in _req_ids(dec, decorator):
                         found[rid].append(f"{path.relative_to(TESTS).as_posix()}::{node.name}")
     return dict(found)
 

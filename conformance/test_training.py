@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 from torch import nn
 
 import weightshare as ws
-from conformance._spawn import run_world
+from conformance.distributed.spawn import run_world
 from conformance.strategies import vectors
 from weightshare import reference as ref
 from weightshare._isotonic import host
@@ -549,7 +549,7 @@ def test_metric_errors() -> None:
 def test_ddp_replicas_stay_bit_identical(tmp_path: Path) -> None:
     world = 2
     outs = [tmp_path / f"rank{r}.pt" for r in range(world)]
-    run_world("conformance._ddp_worker", world, [str(tmp_path / "rank{rank}.pt")])
+    run_world("conformance.distributed.ddp_rank", world, [str(tmp_path / "rank{rank}.pt")])
     states = [torch.load(o, weights_only=True) for o in outs]
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key]), key

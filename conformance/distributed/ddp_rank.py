@@ -1,6 +1,6 @@
-"""One rank of the DDP conformance check (TRAIN-17): ``python -m conformance._ddp_worker``.
+"""One rank of the DDP conformance check (TRAIN-17 in ``test_training``).
 
-Usage: ``python -m conformance._ddp_worker RANK WORLD PORT OUT``. Trains a small MLP under
+``python -m conformance.distributed.ddp_rank RANK WORLD PORT OUT`` trains a small MLP under
 ``DistributedDataParallel`` (gloo, CPU) with ``weightshare.attach`` on its optimizer, each rank on
 its own data, and saves the final state dict to ``OUT`` (``{rank}`` in it is the rank).
 """

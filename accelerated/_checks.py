@@ -10,8 +10,10 @@ graph capture and inside functorch transforms).
 
 from __future__ import annotations
 
+import importlib
 import numbers
 from collections.abc import Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -33,20 +35,22 @@ if TYPE_CHECKING:
 Lam = float | torch.Tensor
 
 # ---------------------------------------------------------------------------------------------
-# DTensor detection (torch.distributed is imported on first use only)
+# DTensor detection (torch.distributed.tensor is imported on first use only)
 
 _DTENSOR: Any = None
+
+
+def dtensor_api(submodule: str = "") -> ModuleType:
+    """``torch.distributed.tensor`` (or one of its submodules), imported on first use: the one
+    loader of the package's optional distributed dependency."""
+    return importlib.import_module("torch.distributed.tensor" + (f".{submodule}" * bool(submodule)))
 
 
 def dtensor_class() -> Any:
     """The ``DTensor`` class, imported on first use (None where torch.distributed is missing)."""
     global _DTENSOR
     if _DTENSOR is None:
-        _DTENSOR = False
-        if torch.distributed.is_available():
-            from torch.distributed.tensor import DTensor
-
-            _DTENSOR = DTensor
+        _DTENSOR = dtensor_api().DTensor if torch.distributed.is_available() else False
     return _DTENSOR or None
 
 

@@ -25,9 +25,9 @@ from . import _checks as checks
 from . import _methods as methods
 from . import _penalty as plain_penalty
 from . import _prox as plain
+from ._checks import dtensor_api
 from ._distributed_layout import (
     batch_placements,
-    dtensor_api,
     local_part,
     replicated,
     splits,

@@ -1,32 +1,21 @@
 """``DTensor`` layouts: which tensor dimension a placement splits, and local <-> global parts.
 
 Nothing here communicates. ``torch.distributed.tensor`` is imported on first use (by
-:func:`dtensor_api`), so plain-tensor users never pay for it.
+``_checks.dtensor_api``), so plain-tensor users never pay for it.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from . import _checks as checks
+from ._checks import dtensor_api
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor
-
-
-def dtensor_api() -> ModuleType:
-    """``torch.distributed.tensor`` (placements, ``DTensor``), imported on first use."""
-    return importlib.import_module("torch.distributed.tensor")
-
-
-def dtensor_utils() -> ModuleType:
-    """``torch.distributed.tensor._utils`` (local shapes and offsets), imported on first use."""
-    return importlib.import_module("torch.distributed.tensor._utils")
 
 
 def splits(p: Any) -> int | None:
@@ -98,7 +87,7 @@ def local_part(t: torch.Tensor, like: Any, placements: Sequence[Any]) -> torch.T
         raise NotImplementedError(
             "a tensor strength with a _StridedShard placement is not supported; pass a float"
         )
-    shape, offset = dtensor_utils().compute_local_shape_and_global_offset(
+    shape, offset = dtensor_api("_utils").compute_local_shape_and_global_offset(
         t.shape, like.device_mesh, placements
     )
     for d, (n, o) in enumerate(zip(shape, offset, strict=True)):

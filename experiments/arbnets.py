@@ -19,45 +19,41 @@ from scipy.stats import spearmanr
 
 from . import data as datasets
 from . import plotting
-from ._common import Context, fmt, markdown_table, mean_std, progress, require, write_results
+from ._common import Context, fmt, markdown_table, mean_std, require, write_results
 from .models import MLP, count_parameters
+from .protocol import Runs, over_seeds, presets, summary_header, tune
 from .train import TrainConfig, fit
 
-CONFIGS: dict[str, dict[str, Any]] = {
-    "full": {
+CONFIGS = presets(
+    {"momentum": 0.9, "compression": 1 / 8},
+    full={
         "seeds": 3,
         "epochs": 40,
         "batch_size": 32,
-        "momentum": 0.9,
         "lr_grid": [0.03, 0.1, 0.3],
         "hidden": [128, 128],
-        "compression": 1 / 8,
         "alphas": [0.01, 0.1, 1.0, 10.0],
         "radii": [0, 1, 8, 64, 1024],
     },
-    "quick": {
+    quick={
         "seeds": 2,
         "epochs": 20,
         "batch_size": 32,
-        "momentum": 0.9,
         "lr_grid": [0.1],
         "hidden": [128, 128],
-        "compression": 1 / 8,
         "alphas": [0.01, 1.0],
         "radii": [0, 1024],
     },
-    "smoke": {
+    smoke={
         "seeds": 1,
         "epochs": 1,
         "batch_size": 128,
-        "momentum": 0.9,
         "lr_grid": [0.1],
         "hidden": [16, 16],
-        "compression": 1 / 8,
         "alphas": [1.0],
         "radii": [0],
     },
-}
+)
 
 
 def _variants(cfg: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
@@ -127,16 +123,9 @@ def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
         return res
 
     # tuning: lr for the uniform hash on the validation set (seed 0), used for every variant
-    tune = {lr: go("uniform", lr, 0) for lr in progress(cfg["lr_grid"], ctx, "tune lr")}
-    lr = max(cfg["lr_grid"], key=lambda v: tune[v]["val_acc"])
-    results: dict[str, list[dict[str, Any]]] = {}
-    jobs = [(label, s) for label in builders for s in range(ctx.seeds)]
-    for label, s in progress(jobs, ctx, "runs"):
-        if label == "uniform" and s == 0:
-            res = tune[lr]
-        else:
-            res = go(label, lr, s)
-        results.setdefault(label, []).append(res)
+    runs = Runs(go, ctx)
+    lr = tune(runs, {"uniform": cfg["lr_grid"]}, [0], "tune lr", "smaller")["uniform"]
+    results = over_seeds(runs, dict.fromkeys(builders, lr), ctx.seeds, "runs")
 
     variants = {
         label: {
@@ -154,20 +143,14 @@ def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
     )
     radii = [f"neighborhood r={r}" for r in cfg["radii"]]
     summary = {
-        "experiment": ctx.name,
-        "preset": ctx.preset,
-        "dataset": ctx.dataset,
-        "split_sizes": split.sizes,
-        "seeds": ctx.seeds,
+        **summary_header(ctx, split.sizes, cfg),
         "config": {**cfg, "buckets": buckets, "lr": lr, "equivalent_width": width},
-        "tuning": [{"lr": k, "val_acc": v["val_acc"]} for k, v in tune.items()],
+        "tuning": [{"lr": v, "val_acc": runs("uniform", v, 0)["val_acc"]} for v in cfg["lr_grid"]],
         "variants": variants,
         "claims": {
             "balance_spearman": None if len(balance) < 3 else float(rho.statistic),
             "determinism_gap": variants[radii[0]]["mean"] - variants[radii[-1]]["mean"],
         },
-        "device": str(ctx.device),
-        "torch": torch.__version__,
     }
     rows = [
         [f"`{label}`", v["free_parameters"], f"{v['entropy']['mean']:.3f}", fmt(v)]

@@ -30,6 +30,8 @@ from . import data as datasets
 from . import plotting
 from ._common import Context, markdown_table, mean_std, progress, require, write_results
 from .models import MLP
+from .protocol import Runs, choose, summary_header
+from .protocol import config_for as _config_for
 from .train import TrainConfig, accuracy, fit
 
 # geometric, ratio ~1.26 (10^0.1): the sparse regime is a narrow band for D >= 3
@@ -90,7 +92,7 @@ DATASET_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def config_for(preset: str, dataset: str) -> dict[str, Any]:
-    return {**CONFIGS[preset], **DATASET_OVERRIDES.get(dataset, {}).get(preset, {})}
+    return _config_for(CONFIGS, preset, dataset, DATASET_OVERRIDES)
 
 
 def _weights(model: MLP) -> list[torch.Tensor]:
@@ -156,39 +158,34 @@ def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
     def lams(depth: int) -> list[float]:
         return cfg["lam_grid_d1"] if depth == 1 else cfg["lam_grid"]
 
-    # 1. the learning rate per depth (seed 0, validation)
-    runs: dict[tuple[int, float, float, int], dict[str, Any]] = {}
+    # 1. the learning rate per depth (seed 0, validation); DWF runs are keyed by depth, (lr, lam)
+    runs = Runs(lambda depth, value, seed: go(depth, *value, seed)[0], ctx)
     chosen_lr: dict[int, float] = {}
     for depth in cfg["depths"]:
         if len(cfg["lr_grid"]) == 1:
             chosen_lr[depth] = cfg["lr_grid"][0]
             continue
-        for lr in cfg["lr_grid"]:
-            for lam in progress(cfg["tune_lams"], ctx, f"tune lr D={depth} lr={lr:g}"):
-                runs[(depth, lr, lam, 0)] = go(depth, lr, lam, 0)[0]
-        chosen_lr[depth] = max(
+        jobs = [(depth, (lr, lam), 0) for lr in cfg["lr_grid"] for lam in cfg["tune_lams"]]
+        runs.all(jobs, f"tune lr D={depth}")
+        chosen_lr[depth] = choose(
             cfg["lr_grid"],
-            key=lambda lr, d=depth: (
-                _lr_score(cfg, [r for k, r in runs.items() if k[:2] == (d, lr)]),
-                -lr,
-            ),
+            lambda lr, d=depth: _lr_score(cfg, [runs(d, (lr, lam), 0) for lam in cfg["tune_lams"]]),
+            tie="smaller",
         )
 
     # 2. the fine strength grid at that learning rate, every seed
     jobs = [
-        (d, chosen_lr[d], lam, s)
+        (d, (chosen_lr[d], lam), s)
         for s in range(ctx.seeds)
         for d in cfg["depths"]
         for lam in lams(d)
     ]
-    for job in progress(jobs, ctx, "DWF runs"):
-        if job not in runs:
-            runs[job] = go(*job)[0]
-    dwf = [runs[job] for job in jobs]
+    runs.all(jobs, "DWF runs")
+    dwf = [runs(*job) for job in jobs]
     tuning = [
         {k: r[k] for k in ("depth", "lr", "lam", "cr", "val_acc", "test_acc")}
-        for k, r in runs.items()
-        if k[3] == 0 and k[2] in cfg["tune_lams"]
+        for (_, (_, lam), seed), r in runs.results.items()
+        if seed == 0 and lam in cfg["tune_lams"]
     ]
 
     # 3. magnitude pruning of the dense model, without and with masked fine-tuning
@@ -213,19 +210,12 @@ def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
 
     matched = _matched(cfg, ctx.seeds, dwf, pruned)
     summary = {
-        "experiment": ctx.name,
-        "preset": ctx.preset,
-        "dataset": ctx.dataset,
-        "split_sizes": split.sizes,
-        "seeds": ctx.seeds,
-        "config": cfg,
+        **summary_header(ctx, split.sizes, cfg),
         "chosen_lr": {str(d): lr for d, lr in chosen_lr.items()},
         "lr_tuning": tuning,
         "matched": matched,
         "dwf_runs": dwf,
         "pruning_runs": pruned,
-        "device": str(ctx.device),
-        "torch": torch.__version__,
     }
     table = _table(cfg, matched, ctx, split, chosen_lr)
     figures = [_figure(ctx, cfg, dwf, pruned)]

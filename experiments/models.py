@@ -124,6 +124,45 @@ class Net2CNN(nn.Module):
         return self.fc3(x.mean(dim=(-2, -1)))
 
 
+class SFC(nn.Module):
+    """Neyshabur (2020) S-FC: ``3072 -> 256*ch -> 24*ch -> 10`` with BN+ReLU."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(3 * 32 * 32, 256 * ch)
+        self.body = nn.Sequential(
+            nn.BatchNorm1d(256 * ch),
+            nn.ReLU(),
+            nn.Linear(256 * ch, 24 * ch),
+            nn.BatchNorm1d(24 * ch),
+            nn.ReLU(),
+            nn.Linear(24 * ch, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.fc1(x.flatten(1)))
+
+
+class SConv(nn.Module):
+    """Neyshabur (2020) S-Conv: 9x9 stride-2 conv (ch) + BN+ReLU, then S-FC's head."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, ch, 9, stride=2, padding=4)
+        self.body = nn.Sequential(
+            nn.BatchNorm2d(ch),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(16 * 16 * ch, 24 * ch),
+            nn.BatchNorm1d(24 * ch),
+            nn.ReLU(),
+            nn.Linear(24 * ch, 10),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(self.conv1(x))
+
+
 class ResMLP1D(nn.Module):
     """The MNIST-1D reference MLP: ``h = relu(fc1 x)``, ``h = h + relu(fc2 h)``, ``fc3 h``."""
 

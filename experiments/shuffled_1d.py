@@ -20,17 +20,24 @@ from torch import nn
 
 from . import data as datasets
 from . import metrics, plotting
-from ._common import Context, fmt, markdown_table, mean_std, progress, public
+from ._common import Context, fmt, markdown_table, mean_std
+from ._wsr import (
+    MODELS,
+    PERMUTATION_SEED,
+    REGULARISED,
+    SETTINGS,
+    accuracy_series,
+    layer_stats,
+    model_entry,
+    regulariser_hook,
+)
 from .models import CNN1D, ResMLP1D, conv1d_as_matrix
+from .protocol import Runs, over_seeds, own_groups, summary_header, tune
 from .train import StepConfig, adam, fit_steps
 
-MODELS = ("fc", "fc_wsr", "fc_l1", "cnn")
-REGULARISED = {"fc_wsr": "lam_grid", "fc_l1": "l1_grid"}  # model -> its strength grid
-SETTINGS = ("original", "shuffled")
 #: optional variants at fc_wsr's chosen lambda: the official retrain mode (``weightshare.tie``)
 #: and the prox on the second layer too (at lambda / 10)
 EXTRAS = ("fc_wsr_tied", "fc_wsr2")
-PERMUTATION_SEED = 1234
 #: the MNIST-1D README's table (test accuracy, %), for the models we re-run
 PUBLISHED = {
     "fc": {"original": 68.0, "shuffled": 68.0},
@@ -76,9 +83,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 
 def _layerwise_adam(model: nn.Module, cfg: StepConfig) -> torch.optim.Optimizer:
     """Adam with ``fc1`` and ``fc2`` in param groups of their own (each its own WSR strength)."""
-    own = [model.fc1.weight, model.fc2.weight]
-    rest = [p for p in model.parameters() if all(p is not q for q in own)]
-    groups = [{"params": [own[0]]}, {"params": [own[1]]}, {"params": rest}]
+    groups = own_groups(model, [model.fc1.weight, model.fc2.weight])
     return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -103,24 +108,10 @@ def _one_run(
     length = split.image_shape[-1]
     model = (CNN1D(length) if model_name == "cnn" else ResMLP1D(length)).to(ctx.device)
     hook = None
-    if model_name in ("fc_wsr", "fc_wsr_tied"):
-
-        def hook(opt: torch.optim.Optimizer) -> Any:
-            return ws.attach(opt, lam, params=[model.fc1.weight])
-
-    elif model_name == "fc_l1":  # the control: the l1 prox only (soft-thresholding)
-
-        def hook(opt: torch.optim.Optimizer) -> Any:
-            return ws.attach(opt, 0.0, params=[model.fc1.weight], l1=lam)
-
+    if model_name in ("fc_wsr", "fc_wsr_tied", "fc_l1"):  # fc_l1: the control, l1 prox only
+        hook = regulariser_hook(model_name, [model.fc1.weight], lam)
     elif model_name == "fc_wsr2":  # fc1 at lambda, fc2 at lambda/10 (the official torus ratio)
-
-        def hook(opt: torch.optim.Optimizer) -> Any:
-            handle = ws.attach(opt, lam, params=[model.fc1.weight, model.fc2.weight])
-            for group, group_lam in zip(opt.param_groups, (lam, lam / 10), strict=False):
-                group["wsr_lam"] = group_lam
-            return handle
-
+        hook = regulariser_hook(model_name, [model.fc1.weight, model.fc2.weight], lam, 0.1)
     optimizer = _layerwise_adam if model_name == "fc_wsr2" else adam
     result = fit_steps(model, split, scfg, seed=seed, optimizer=optimizer, hook=hook)
     if model_name == "fc_wsr_tied":  # the official retrain mode: tie fc1 to its clusters and
@@ -141,9 +132,7 @@ def _one_run(
         sharing=likeness["sharing"],
         peak=likeness["peak"],
         live_units=likeness["live_units"],
-        num_distinct=int(ws.num_distinct(weight)),
-        zero_fraction=float(ws.zero_fraction(weight)),
-        num_weights=int(weight.numel()),
+        **layer_stats(ws, weight),
     )
     result["_weight"] = weight.cpu()
     return result
@@ -166,39 +155,25 @@ def run(ctx: Context, cfg: dict[str, Any], ws: Any) -> tuple[dict[str, Any], str
         return _one_run(ws, model, splits[(refit, setting)], p, scfg, lam, cfg, seed, ctx)
 
     # 1. strengths on the validation slice (seed 0, 3,600 train); a one-point grid needs no run
-    tuning: dict[tuple[str, str, float], dict[str, Any]] = {}
-    # the unregularised MLP on the same split is the reference point of the sweep
-    jobs = [("fc", s, 0.0) for s in SETTINGS] + [
-        (m, s, v) for m, grid in REGULARISED.items() for s in SETTINGS for v in cfg[grid]
-    ]
-    if any(len(cfg[g]) > 1 for g in REGULARISED.values()):
-        for job in progress(jobs, ctx, "tune strength"):
-            tuning[job] = go(*job, 0, refit=False)
+    tune_runs = Runs(lambda arm, lam, seed: go(*arm, lam, seed, refit=False), ctx)
     chosen: dict[tuple[str, str], float] = {(m, s): 0.0 for m in ("fc", "cnn") for s in SETTINGS}
-    for m, grid in REGULARISED.items():
-        for s in SETTINGS:
-            # ties go to the stronger regulariser (more sharing/sparsity at equal accuracy)
-            chosen[(m, s)] = max(
-                cfg[grid],
-                key=lambda v, m=m, s=s: (tuning[(m, s, v)]["val_acc"], v) if tuning else (0, v),
-            )
+    grids = {(m, s): cfg[grid] for m, grid in REGULARISED.items() for s in SETTINGS}
+    if any(len(grid) > 1 for grid in grids.values()):
+        # the unregularised MLP on the same split is the reference point of the sweep
+        tune_runs.all(((("fc", s), 0.0, 0) for s in SETTINGS), "tune reference")
+        # ties go to the stronger regulariser (more sharing/sparsity at equal accuracy)
+        chosen.update(tune(tune_runs, grids, [0], "tune strength"))
+    else:
+        chosen.update({arm: grid[0] for arm, grid in grids.items()})
+    tuning = {(*arm, lam): r for (arm, lam, _), r in tune_runs.results.items()}
 
     # 2. the chosen configurations on all 4,000 training examples, every seed
-    final = {
-        (m, s): [
-            go(m, s, chosen[(m, s)], seed, refit=True)
-            for seed in progress(range(ctx.seeds), ctx, f"{m} {s}")
-        ]
-        for m in MODELS
-        for s in SETTINGS
-    }
-    for m in cfg.get("extras", []):
-        for s in SETTINGS:
-            chosen[(m, s)] = chosen[("fc_wsr", s)]
-            final[(m, s)] = [
-                go(m, s, chosen[(m, s)], seed, refit=True)
-                for seed in progress(range(ctx.seeds), ctx, f"{m} {s}")
-            ]
+    final_runs = Runs(lambda arm, lam, seed: go(*arm, lam, seed, refit=True), ctx)
+    arms = {(m, s): chosen[(m, s)] for m in MODELS for s in SETTINGS}
+    # optional variants at fc_wsr's chosen strength
+    arms.update({(m, s): chosen[("fc_wsr", s)] for m in cfg.get("extras", []) for s in SETTINGS})
+    chosen.update(arms)
+    final = over_seeds(final_runs, arms, ctx.seeds, "seeds")
     summary = _summarise(ctx, cfg, final_split, chosen, final, tuning)
     table = _table(summary)
     figures = _figures(ctx, final, tuning, summary)
@@ -207,26 +182,19 @@ def run(ctx: Context, cfg: dict[str, Any], ws: Any) -> tuple[dict[str, Any], str
 
 def _summarise(ctx, cfg, split, chosen, final, tuning) -> dict[str, Any]:
     models: dict[str, Any] = {}
+    scores = ("conv_likeness", "sharing", "peak", "live_units", "num_distinct", "zero_fraction")
     for m in (*MODELS, *cfg.get("extras", [])):
-        entry: dict[str, Any] = {}
-        for s in SETTINGS:
-            rs = final[(m, s)]
-            entry[s] = {
-                **mean_std([r["test_acc"] for r in rs]),
-                "val": mean_std([r["val_acc"] for r in rs]),
-                "train": mean_std([r["train_acc"] for r in rs]),
-                "lr": cfg["lr"],
-                "lam": chosen[(m, s)],
-                "published": PUBLISHED.get(m, {}).get(s),
-                "conv_likeness": mean_std([r["conv_likeness"] for r in rs]),
-                "sharing": mean_std([r["sharing"] for r in rs]),
-                "peak": mean_std([r["peak"] for r in rs]),
-                "live_units": mean_std([r["live_units"] for r in rs]),
-                "num_distinct": mean_std([r["num_distinct"] for r in rs]),
-                "zero_fraction": mean_std([r["zero_fraction"] for r in rs]),
-                "num_weights": rs[0]["num_weights"],
-                "runs": [public(r) for r in rs],
-            }
+        entry: dict[str, Any] = {
+            s: model_entry(
+                final[(m, s)],
+                scores,
+                train=mean_std([r["train_acc"] for r in final[(m, s)]]),
+                lr=cfg["lr"],
+                lam=chosen[(m, s)],
+                published=PUBLISHED.get(m, {}).get(s),
+            )
+            for s in SETTINGS
+        }
         entry["conv_likeness"] = entry["original"]["conv_likeness"]["mean"]
         entry["conv_likeness_shuffled"] = entry["shuffled"]["conv_likeness"]["mean"]
         entry["sharing"] = entry["original"]["sharing"]["mean"]
@@ -246,12 +214,8 @@ def _summarise(ctx, cfg, split, chosen, final, tuning) -> dict[str, Any]:
         tuple(final[("fc", "original")][0]["_weight"].shape), cfg["window"], cfg["templates"]
     )
     return {
-        "experiment": ctx.name,
-        "preset": ctx.preset,
-        "dataset": "mnist1d",
-        "split_sizes": split.sizes,
+        **summary_header(ctx, split.sizes, cfg),
         "tuning_split_sizes": {"train": 4000 - datasets.MNIST1D_VAL, "val": datasets.MNIST1D_VAL},
-        "seeds": ctx.seeds,
         "config": {**cfg, "permutation_seed": PERMUTATION_SEED, "optimizer": "adam"},
         "models": models,
         "published": {
@@ -276,8 +240,6 @@ def _summarise(ctx, cfg, split, chosen, final, tuning) -> dict[str, Any]:
             }
             for k, r in tuning.items()
         ],
-        "device": str(ctx.device),
-        "torch": torch.__version__,
     }
 
 
@@ -385,10 +347,7 @@ def _figures(ctx: Context, final, tuning, summary) -> list:
         "cnn conv1 as a dense matrix": final[("cnn", "original")][0]["_weight"],
     }
     figs = [plotting.heatmaps(shown, ctx.out_dir / "first_layer_heatmaps.png")]
-    series = {
-        s: [(summary["models"][m][s]["mean"], summary["models"][m][s]["std"]) for m in MODELS]
-        for s in SETTINGS
-    }
+    series = accuracy_series(summary)
     figs.append(
         plotting.grouped_bars(
             list(MODELS), series, ctx.out_dir / "accuracy.png", "test accuracy", ylim=(0.3, 1.0)

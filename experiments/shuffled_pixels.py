@@ -20,197 +20,79 @@ from torch import nn
 
 from . import data as datasets
 from . import metrics, plotting, shuffled_1d
-from ._common import (
-    Context,
-    fmt,
-    markdown_table,
-    mean_std,
-    progress,
-    public,
-    require,
-    write_results,
+from ._common import Context, fmt, markdown_table, require, write_results
+from ._wsr import (
+    MODELS,
+    PERMUTATION_SEED,
+    REGULARISED,
+    SETTINGS,
+    accuracy_series,
+    layer_stats,
+    model_entry,
+    regulariser_hook,
 )
-from .models import MLP, LocalCNN, Net2CNN, Net2FC, conv_as_matrix
+from .models import MLP, SFC, LocalCNN, Net2CNN, Net2FC, SConv, conv_as_matrix
+from .protocol import Runs, over_seeds, own_groups, presets, summary_header, tune
 from .train import TrainConfig, fit, sgd
 
-MODELS = ("fc", "fc_wsr", "fc_l1", "cnn")
-REGULARISED = {"fc_wsr": "lam_grid", "fc_l1": "l1_grid"}  # model -> its strength grid
-SETTINGS = ("original", "shuffled")
-PERMUTATION_SEED = 1234
 FIGURE_UNITS_SEED = 777
 
 # SGD without momentum, cosine schedule: the official WSR setting, where prox-SGD is exact.
-CONFIGS: dict[str, dict[str, Any]] = {
-    "full": {
+_SGD = {"momentum": 0.0}
+_SMOKE = {"epochs": 1, "batch_size": 128}
+CONFIGS = presets(
+    {**_SGD, "dataset": "mnist1d", "channels": 4},
+    full={
         "seeds": 5,
-        "dataset": "mnist1d",
         "epochs": 30,
         "batch_size": 32,
-        "momentum": 0.0,
         "lr_grid": [0.1, 0.3],
         "lam_grid": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2],
         "l1_grid": [1e-4, 1e-3, 1e-2],
-        "channels": 4,
     },
-    "quick": {
+    quick={
         "seeds": 2,
-        "dataset": "mnist1d",
         "epochs": 20,
         "batch_size": 32,
-        "momentum": 0.0,
         "lr_grid": [0.3],
         "lam_grid": [1e-3, 3e-3],
         "l1_grid": [1e-3],
-        "channels": 4,
     },
-    "smoke": {
+    smoke={
+        **_SMOKE,
         "seeds": 1,
-        "dataset": "mnist1d",
-        "epochs": 1,
-        "batch_size": 128,
-        "momentum": 0.0,
         "lr_grid": [0.3],
         "lam_grid": [1e-3],
         "l1_grid": [1e-3],
         "channels": 2,
     },
-}
+)
 
 # Other data sets override the digits presets. mnist-torus and cifar10 are the official
 # configurations (scripts/run_mnist_torus_14.sh, scripts/run_cifar10.sh; need --data-dir);
 # digits-torus is ours: the torus protocol with the official models, on digits.
-_TORUS = {"lam2_ratio": 0.1, "l1_grid": [1e-3]}
+_ONE = {"lr_grid": [0.1], "lam_grid": [1e-3]}  # the official scripts' single setting
+_TORUS = {**_SGD, "lam2_ratio": 0.1}
 OFFICIAL: dict[str, dict[str, dict[str, Any]]] = {
-    "digits-torus": {
-        "full": {
-            **_TORUS,
-            "epochs": 30,
-            "batch_size": 32,
-            "momentum": 0.0,
-            "lr_grid": [0.3],
-            "lam_grid": [3e-4, 1e-3, 3e-3],
-            "alpha1": 4,
-            "alpha2": 8,
-        },
-        "quick": {
-            **_TORUS,
-            "epochs": 20,
-            "batch_size": 32,
-            "momentum": 0.0,
-            "lr_grid": [0.3],
-            "lam_grid": [1e-3],
-            "alpha1": 4,
-            "alpha2": 8,
-        },
-        "smoke": {
-            **_TORUS,
-            "epochs": 1,
-            "batch_size": 128,
-            "momentum": 0.0,
-            "lr_grid": [0.3],
-            "lam_grid": [1e-3],
-            "alpha1": 1,
-            "alpha2": 2,
-        },
-    },
-    "mnist-torus": {
-        "full": {
-            "epochs": 200,
-            "batch_size": 512,
-            "momentum": 0.0,
-            "lr_grid": [0.1],
-            "lam_grid": [1e-3],
-            "lam2_ratio": 0.1,
-            "alpha1": 32,
-            "alpha2": 64,
-        },
-        "quick": {
-            "epochs": 10,
-            "batch_size": 512,
-            "momentum": 0.0,
-            "lr_grid": [0.1],
-            "lam_grid": [1e-3],
-            "lam2_ratio": 0.1,
-            "alpha1": 4,
-            "alpha2": 8,
-        },
-        "smoke": {
-            "epochs": 1,
-            "batch_size": 512,
-            "momentum": 0.0,
-            "lr_grid": [0.1],
-            "lam_grid": [1e-3],
-            "lam2_ratio": 0.1,
-            "alpha1": 1,
-            "alpha2": 2,
-        },
-    },
-    "cifar10": {
-        "full": {
-            "epochs": 400,
-            "batch_size": 512,
-            "momentum": 0.0,
-            "lr_grid": [0.1],
-            "lam_grid": [1e-3],
-            "channels": 64,
-        },
-        "quick": {
-            "epochs": 10,
-            "batch_size": 512,
-            "momentum": 0.0,
-            "lr_grid": [0.1],
-            "lam_grid": [1e-3],
-            "channels": 8,
-        },
-        "smoke": {
-            "epochs": 1,
-            "batch_size": 512,
-            "momentum": 0.0,
-            "lr_grid": [0.1],
-            "lam_grid": [1e-3],
-            "channels": 2,
-        },
-    },
+    "digits-torus": presets(
+        {**_TORUS, "l1_grid": [1e-3], "lr_grid": [0.3], "alpha1": 4, "alpha2": 8},
+        full={"epochs": 30, "batch_size": 32, "lam_grid": [3e-4, 1e-3, 3e-3]},
+        quick={"epochs": 20, "batch_size": 32, "lam_grid": [1e-3]},
+        smoke={**_SMOKE, "lam_grid": [1e-3], "alpha1": 1, "alpha2": 2},
+    ),
+    "mnist-torus": presets(
+        {**_TORUS, **_ONE, "batch_size": 512},
+        full={"epochs": 200, "alpha1": 32, "alpha2": 64},
+        quick={"epochs": 10, "alpha1": 4, "alpha2": 8},
+        smoke={"epochs": 1, "alpha1": 1, "alpha2": 2},
+    ),
+    "cifar10": presets(
+        {**_SGD, **_ONE, "batch_size": 512},
+        full={"epochs": 400, "channels": 64},
+        quick={"epochs": 10, "channels": 8},
+        smoke={"epochs": 1, "channels": 2},
+    ),
 }
-
-
-class SFC(nn.Module):
-    """Neyshabur (2020) S-FC: ``3072 -> 256*ch -> 24*ch -> 10`` with BN+ReLU."""
-
-    def __init__(self, ch: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(3 * 32 * 32, 256 * ch)
-        self.body = nn.Sequential(
-            nn.BatchNorm1d(256 * ch),
-            nn.ReLU(),
-            nn.Linear(256 * ch, 24 * ch),
-            nn.BatchNorm1d(24 * ch),
-            nn.ReLU(),
-            nn.Linear(24 * ch, 10),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(self.fc1(x.flatten(1)))
-
-
-class SConv(nn.Module):
-    """Neyshabur (2020) S-Conv: 9x9 stride-2 conv (ch) + BN+ReLU, then S-FC's head."""
-
-    def __init__(self, ch: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, ch, 9, stride=2, padding=4)
-        self.body = nn.Sequential(
-            nn.BatchNorm2d(ch),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(16 * 16 * ch, 24 * ch),
-            nn.BatchNorm1d(24 * ch),
-            nn.ReLU(),
-            nn.Linear(24 * ch, 10),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(self.conv1(x))
 
 
 @dataclass(frozen=True)
@@ -286,24 +168,15 @@ def _one_run(
     hook, make_opt = None, sgd
     if model_name in REGULARISED:
         params = setup.wsr_layers(model)
-        lams = [lam] + [lam * cfg.get("lam2_ratio", 1.0)] * (len(params) - 1)
 
         def make_opt(m: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
-            # one param group per regularised layer, so each can carry its own wsr_lam
-            ids = {id(p) for p in params}
-            rest = [p for p in m.parameters() if id(p) not in ids]
-            groups = [{"params": [p]} for p in params] + [{"params": rest}]
+            # one param group per regularised layer, so each can carry its own strength
             return torch.optim.SGD(
-                groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
+                own_groups(m, params), lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay
             )
 
-        def hook(opt: torch.optim.Optimizer) -> Any:
-            if model_name == "fc_l1":  # the control: l1 prox only (soft-thresholding)
-                return ws.attach(opt, 0.0, params=params, l1=lam)
-            handle = ws.attach(opt, lam, params=params)
-            for group, group_lam in zip(opt.param_groups, lams, strict=False):
-                group["wsr_lam"] = group_lam  # official torus script: fc2 gets lam / 10
-            return handle
+        # official torus script: fc2 gets lam / 10
+        hook = regulariser_hook(model_name, params, lam, cfg.get("lam2_ratio", 1.0))
 
     result = fit(model, split, tcfg, seed=seed, optimizer=make_opt, hook=hook)
     weight = setup.first_layer(model).detach()
@@ -315,9 +188,7 @@ def _one_run(
         lr=tcfg.lr,
         lam=lam if model_name in REGULARISED else 0.0,
         conv_likeness=metrics.conv_likeness(weight, image_shape, setup.window, setup.circular),
-        num_distinct=int(ws.num_distinct(weight)),
-        zero_fraction=float(ws.zero_fraction(weight)),
-        num_weights=int(weight.numel()),
+        **layer_stats(ws, weight),
     )
     result["_weight"] = weight.cpu()
     return result
@@ -345,55 +216,31 @@ def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
     data = {"original": split, "shuffled": datasets.permute_pixels(split, perm)}
     setup = _setup(ctx.dataset, image_shape, cfg)
 
-    def tcfg(lr: float) -> TrainConfig:
-        return TrainConfig(cfg["epochs"], lr, cfg["batch_size"], cfg["momentum"])
-
-    def go(model: str, setting: str, lr: float, lam: float, seed: int) -> dict[str, Any]:
+    def go(arm: tuple[str, str], value: tuple[float, float], seed: int) -> dict[str, Any]:
+        (model, setting), (lr, lam) = arm, value
         p = perm if setting == "shuffled" else None
-        return _one_run(ws, setup, model, data[setting], p, tcfg(lr), lam, cfg, seed, ctx)
+        tcfg = TrainConfig(cfg["epochs"], lr, cfg["batch_size"], cfg["momentum"])
+        return _one_run(ws, setup, model, data[setting], p, tcfg, lam, cfg, seed, ctx)
 
     # 1. tuning on the validation set (seed 0): lr for fc and cnn, then the strength of fc_wsr
     # (lam) and fc_l1 (l1) at fc's lr
-    jobs: list[tuple[str, str, float, float]] = [
-        (m, s, lr, 0.0) for s in SETTINGS for m in ("fc", "cnn") for lr in cfg["lr_grid"]
-    ]
-    runs: dict[tuple[str, str, float, float, int], dict[str, Any]] = {}
-    for job in progress(jobs, ctx, "tune lr"):
-        runs[(*job, 0)] = go(*job, 0)
-    chosen: dict[tuple[str, str], tuple[float, float]] = {}
-    for s in SETTINGS:
-        for m in ("fc", "cnn"):
-            best = max(cfg["lr_grid"], key=lambda lr, m=m, s=s: runs[(m, s, lr, 0.0, 0)]["val_acc"])
-            chosen[(m, s)] = (best, 0.0)
-    jobs = [
-        (m, s, chosen[("fc", s)][0], lam)
+    runs = Runs(go, ctx)
+    lrs = [(lr, 0.0) for lr in cfg["lr_grid"]]
+    chosen = tune(
+        runs, {(m, s): lrs for s in SETTINGS for m in ("fc", "cnn")}, [0], "tune lr", "smaller"
+    )
+    grids = {
+        (m, s): [(chosen[("fc", s)][0], v) for v in cfg[grid]]
         for m, grid in REGULARISED.items()
         for s in SETTINGS
-        for lam in cfg[grid]
-    ]
-    for job in progress(jobs, ctx, "tune lam"):
-        runs[(*job, 0)] = go(*job, 0)
-    for m, grid in REGULARISED.items():
-        for s in SETTINGS:
-            lr = chosen[("fc", s)][0]
-            # ties go to the stronger regulariser (more sharing/sparsity at equal accuracy)
-            best = max(
-                cfg[grid], key=lambda v, m=m, s=s, lr=lr: (runs[(m, s, lr, v, 0)]["val_acc"], v)
-            )
-            chosen[(m, s)] = (lr, best)
+    }
+    # ties go to the stronger regulariser (more sharing/sparsity at equal accuracy)
+    chosen.update(tune(runs, grids, [0], "tune lam"))
 
     # 2. the chosen configurations over all seeds (seed 0 is reused from tuning)
-    jobs5 = [
-        (m, s, *chosen[(m, s)], seed) for m in MODELS for s in SETTINGS for seed in range(ctx.seeds)
-    ]
-    for job in progress(jobs5, ctx, "seeds"):
-        if job not in runs:
-            runs[job] = go(*job)
-    final = {
-        (m, s): [runs[(m, s, *chosen[(m, s)], seed)] for seed in range(ctx.seeds)]
-        for m in MODELS
-        for s in SETTINGS
-    }
+    final = over_seeds(
+        runs, {(m, s): chosen[(m, s)] for m in MODELS for s in SETTINGS}, ctx.seeds, "seeds"
+    )
 
     summary = _summarise(ctx, cfg, split, chosen, final, runs, image_shape, setup)
     table = _table(summary)
@@ -404,36 +251,23 @@ def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
 
 def _summarise(ctx, cfg, split, chosen, final, runs, image_shape, setup) -> dict[str, Any]:
     models: dict[str, Any] = {}
+    scores = ("conv_likeness", "num_distinct", "zero_fraction")
     for m in MODELS:
-        entry: dict[str, Any] = {}
-        for s in SETTINGS:
-            rs = final[(m, s)]
-            entry[s] = {
-                **mean_std([r["test_acc"] for r in rs]),
-                "val": mean_std([r["val_acc"] for r in rs]),
-                "lr": chosen[(m, s)][0],
-                "lam": chosen[(m, s)][1],
-                "conv_likeness": mean_std([r["conv_likeness"] for r in rs]),
-                "num_distinct": mean_std([r["num_distinct"] for r in rs]),
-                "zero_fraction": mean_std([r["zero_fraction"] for r in rs]),
-                "num_weights": rs[0]["num_weights"],
-                "runs": [public(r) for r in rs],
-            }
+        entry: dict[str, Any] = {
+            s: model_entry(final[(m, s)], scores, lr=chosen[(m, s)][0], lam=chosen[(m, s)][1])
+            for s in SETTINGS
+        }
         entry["conv_likeness"] = entry["original"]["conv_likeness"]["mean"]
         entry["conv_likeness_shuffled"] = entry["shuffled"]["conv_likeness"]["mean"]
         models[m] = entry
     keep = ("val_acc", "test_acc", "conv_likeness", "num_distinct", "zero_fraction")
     tuning = [
-        {"model": k[0], "setting": k[1], "lr": k[2], "strength": k[3], **{x: r[x] for x in keep}}
-        for k, r in runs.items()
-        if k[4] == 0 and (k[0] in REGULARISED or k[3] == 0.0)
+        {"model": m, "setting": s, "lr": lr, "strength": v, **{x: r[x] for x in keep}}
+        for ((m, s), (lr, v), seed), r in runs.results.items()
+        if seed == 0 and (m in REGULARISED or v == 0.0)
     ]
     return {
-        "experiment": ctx.name,
-        "preset": ctx.preset,
-        "dataset": ctx.dataset,
-        "split_sizes": split.sizes,
-        "seeds": ctx.seeds,
+        **summary_header(ctx, split.sizes, cfg),
         "config": {
             **cfg,
             "permutation_seed": PERMUTATION_SEED,
@@ -443,8 +277,6 @@ def _summarise(ctx, cfg, split, chosen, final, runs, image_shape, setup) -> dict
         "models": models,
         "random_conv_likeness": metrics.random_locality(image_shape, setup.window, setup.circular),
         "tuning": tuning,
-        "device": str(ctx.device),
-        "torch": torch.__version__,
     }
 
 
@@ -517,19 +349,17 @@ def _figures(ctx: Context, final, runs, image_shape, summary) -> list:
     shown = {f"{m}, {s}": final[(m, s)][0]["_weight"] for m in MODELS for s in SETTINGS}
     for m in REGULARISED:  # plus the sweep's most conv-like run (seed 0, original pixels)
         key = max(
-            (k for k in runs if k[0] == m and k[1] == "original" and k[4] == 0),
-            key=lambda k: runs[k]["conv_likeness"],
+            (k for k in runs.results if k[0] == (m, "original") and k[2] == 0),
+            key=lambda k: runs.results[k]["conv_likeness"],
         )
-        shown[f"{m}, {'λ' if m == 'fc_wsr' else 'μ'}={key[3]:g} (sweep)"] = runs[key]["_weight"]
+        label = f"{m}, {'λ' if m == 'fc_wsr' else 'μ'}={key[1][1]:g} (sweep)"
+        shown[label] = runs.results[key]["_weight"]
     panels = {}
     for title, w in shown.items():
         idx = torch.randperm(w.shape[0], generator=torch.Generator().manual_seed(FIGURE_UNITS_SEED))
         panels[title] = w[idx[:16]]
     figs = [plotting.unit_grid(panels, image_shape, ctx.out_dir / "first_layer_units.png")]
-    series = {
-        s: [(summary["models"][m][s]["mean"], summary["models"][m][s]["std"]) for m in MODELS]
-        for s in SETTINGS
-    }
+    series = accuracy_series(summary)
     low = min(v[0] for vals in series.values() for v in vals)
     figs.append(
         plotting.grouped_bars(

@@ -15,8 +15,9 @@ from torch import nn
 
 from . import data as datasets
 from . import plotting
-from ._common import Context, fmt, markdown_table, mean_std, progress, require, write_results
+from ._common import Context, fmt, markdown_table, mean_std, require, write_results
 from .models import MLP, SmallCNN, count_parameters
+from .protocol import Runs, over_seeds, presets, summary_header, tune
 from .train import TrainConfig, fit
 
 MLP_KINDS: dict[str, dict[str, Any]] = {
@@ -40,41 +41,33 @@ CNN_KINDS: dict[str, dict[str, Any]] = {
     "eigen (r=n/4)": {"kind": "eigen", "rank": "n/4"},
 }
 
-CONFIGS: dict[str, dict[str, Any]] = {
-    "full": {
+CONFIGS = presets(
+    {"batch_size": 32, "momentum": 0.9, "mlp_width": 128, "cnn_channels": 16},
+    full={
         "seeds": 3,
         "epochs": 30,
-        "batch_size": 32,
-        "momentum": 0.9,
         "lr_grid": [0.03, 0.1],
-        "mlp_width": 128,
-        "cnn_channels": 16,
         "mlp_kinds": list(MLP_KINDS),
         "cnn_kinds": list(CNN_KINDS),
     },
-    "quick": {
+    quick={
         "seeds": 1,
         "epochs": 15,
-        "batch_size": 32,
-        "momentum": 0.9,
         "lr_grid": [0.1],
-        "mlp_width": 128,
-        "cnn_channels": 16,
         "mlp_kinds": ["dense", "symmetric", "eightfold"],
         "cnn_kinds": ["dense", "channel", "channel+spatial"],
     },
-    "smoke": {
+    smoke={
         "seeds": 1,
         "epochs": 1,
         "batch_size": 128,
-        "momentum": 0.9,
         "lr_grid": [0.1],
         "mlp_width": 16,
         "cnn_channels": 4,
         "mlp_kinds": ["dense", "symmetric"],
         "cnn_kinds": ["dense", "channel"],
     },
-}
+)
 
 
 def _constrain(layers: list[nn.Module], spec: dict[str, Any], ws: Any) -> None:
@@ -113,16 +106,13 @@ def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
 
     archs = {"mlp": cfg["mlp_kinds"], "cnn": cfg["cnn_kinds"]}
     # tuning: lr of the dense model of each architecture on validation (seed 0), reused per kind
-    tune = {
-        (arch, lr): go(arch, "dense", lr, 0)
-        for arch, lr in progress([(a, lr) for a in archs for lr in cfg["lr_grid"]], ctx, "tune lr")
-    }
-    lrs = {a: max(cfg["lr_grid"], key=lambda lr, a=a: tune[(a, lr)]["val_acc"]) for a in archs}
-    results: dict[str, dict[str, list[dict[str, Any]]]] = {a: {} for a in archs}
-    jobs = [(a, k, s) for a, kinds in archs.items() for k in kinds for s in range(ctx.seeds)]
-    for a, k, s in progress(jobs, ctx, "runs"):
-        res = tune[(a, lrs[a])] if (k == "dense" and s == 0) else go(a, k, lrs[a], s)
-        results[a].setdefault(k, []).append(res)
+    runs = Runs(lambda arm, lr, seed: go(*arm, lr, seed), ctx)
+    lrs = tune(runs, {(a, "dense"): cfg["lr_grid"] for a in archs}, [0], "tune lr", "smaller")
+    lrs = {a: lrs[(a, "dense")] for a in archs}
+    final = over_seeds(
+        runs, {(a, k): lrs[a] for a, kinds in archs.items() for k in kinds}, ctx.seeds, "runs"
+    )
+    results = {a: {k: final[(a, k)] for k in kinds} for a, kinds in archs.items()}
 
     models: dict[str, Any] = {}
     rows = []
@@ -152,16 +142,14 @@ def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
                 ]
             )
     summary = {
-        "experiment": ctx.name,
-        "preset": ctx.preset,
-        "dataset": ctx.dataset,
-        "split_sizes": split.sizes,
-        "seeds": ctx.seeds,
+        **summary_header(ctx, split.sizes, cfg),
         "config": {**cfg, "lr": lrs},
-        "tuning": [{"arch": k[0], "lr": k[1], "val_acc": v["val_acc"]} for k, v in tune.items()],
+        "tuning": [
+            {"arch": a, "lr": lr, "val_acc": runs((a, "dense"), lr, 0)["val_acc"]}
+            for a in archs
+            for lr in cfg["lr_grid"]
+        ],
         "models": models,
-        "device": str(ctx.device),
-        "torch": torch.__version__,
     }
     table = (
         markdown_table(

@@ -1,0 +1,143 @@
+"""The protocol every experiment follows: presets and their per-data-set overrides, the
+tune-then-seeds loop, the summary header, and per-parameter WSR strengths.
+
+An experiment names its *arms* (what is compared, e.g. ``("fc_wsr", "shuffled")``) and, per arm,
+a grid of *values* (a strength, a learning rate, or a tuple of them). :func:`tune` trains every
+arm at every value on the tuning seeds and keeps, per arm, the value with the best validation
+accuracy (ties to the stronger regulariser); :func:`over_seeds` trains the chosen value of every
+arm on every seed. Both go through one :class:`Runs` cache, so a run the two share (same arm,
+value and seed, same data) is trained once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._common import Context, progress, require
+
+Train = Callable[[Any, Any, int], dict[str, Any]]  # (arm, value, seed) -> result with "val_acc"
+
+
+def presets(common: Mapping[str, Any], **per_preset: Mapping[str, Any]) -> dict[str, dict]:
+    """``{preset: {**common, **overrides}}`` for each preset given as a keyword argument."""
+    return {name: {**common, **over} for name, over in per_preset.items()}
+
+
+def config_for(
+    configs: Mapping[str, Mapping[str, Any]],
+    preset: str,
+    dataset: str,
+    overrides: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """The preset's configuration with the data set's overrides for that preset on top."""
+    return {**configs[preset], **(overrides or {}).get(dataset, {}).get(preset, {})}
+
+
+def summary_header(ctx: Context, split_sizes: Mapping[str, int], cfg: Mapping[str, Any]) -> dict:
+    """The entries every ``summary.json`` starts with: what ran, on what, where."""
+    return {
+        "experiment": ctx.name,
+        "preset": ctx.preset,
+        "dataset": ctx.dataset,
+        "split_sizes": dict(split_sizes),
+        "seeds": ctx.seeds,
+        "config": dict(cfg),
+        "device": str(ctx.device),
+        "torch": torch.__version__,
+    }
+
+
+class Runs:
+    """Results by ``(arm, value, seed)``, each trained once, in the order they were first asked."""
+
+    def __init__(self, train: Train, ctx: Context) -> None:
+        self.train, self.ctx = train, ctx
+        self.results: dict[tuple[Any, Any, int], dict[str, Any]] = {}
+
+    def __call__(self, arm: Hashable, value: Hashable, seed: int) -> dict[str, Any]:
+        key = (arm, value, seed)
+        if key not in self.results:
+            self.results[key] = self.train(arm, value, seed)
+        return self.results[key]
+
+    def all(self, jobs: Iterable[tuple[Any, Any, int]], desc: str) -> None:
+        for job in progress(list(jobs), self.ctx, desc):
+            self(*job)
+
+
+def _score(values: Iterable[float]) -> float:
+    # rounded, so that equal accuracies summed in another order still tie
+    return round(float(np.mean(list(values))), 10)
+
+
+def choose(grid: Sequence[Any], score: Callable[[Any], float], tie: str = "larger") -> Any:
+    """The grid value with the highest ``score``; ties go to the ``"larger"`` value (the stronger
+    regulariser) or the ``"smaller"`` one (the smaller learning rate)."""
+    if tie not in ("larger", "smaller"):
+        raise ValueError(f"tie must be 'larger' or 'smaller', got {tie!r}")
+    scores = {v: score(v) for v in grid}
+    best = max(scores.values())
+    tied = [v for v in grid if scores[v] == best]
+    return max(tied) if tie == "larger" else min(tied)
+
+
+def tune(
+    runs: Runs,
+    grids: Mapping[Any, Sequence[Any]],
+    seeds: Sequence[int],
+    desc: str,
+    tie: str = "larger",
+) -> dict[Any, Any]:
+    """Train every arm at every grid value on ``seeds``; per arm, the value of the best mean
+    validation accuracy over those seeds (see :func:`choose` for ties)."""
+    runs.all(((a, v, s) for a, grid in grids.items() for v in grid for s in seeds), desc)
+    return {
+        arm: choose(grid, lambda v, a=arm: _score(runs(a, v, s)["val_acc"] for s in seeds), tie)
+        for arm, grid in grids.items()
+    }
+
+
+def over_seeds(
+    runs: Runs, chosen: Mapping[Any, Any], seeds: int, desc: str
+) -> dict[Any, list[dict[str, Any]]]:
+    """Every arm at its chosen value on seeds ``0 .. seeds-1`` (runs already made are reused)."""
+    runs.all(((a, v, s) for a, v in chosen.items() for s in range(seeds)), desc)
+    return {a: [runs(a, v, s) for s in range(seeds)] for a, v in chosen.items()}
+
+
+def own_groups(model: nn.Module, params: Sequence[torch.Tensor]) -> list[dict[str, Any]]:
+    """Param groups with each of ``params`` alone in its group, then one group with the rest,
+    so that each of ``params`` can carry its own WSR strength (:func:`attach_strengths`)."""
+    rest = [p for p in model.parameters() if all(p is not q for q in params)]
+    return [{"params": [p]} for p in params] + [{"params": rest}]
+
+
+def attach_strengths(
+    optimizer: torch.optim.Optimizer,
+    lams: Mapping[torch.Tensor, float],
+    l1: float = 0.0,
+) -> Any:
+    """``weightshare.attach`` with a WSR strength per parameter (``lams[p]``), the same ``l1``.
+
+    Every param group that holds attached parameters must hold parameters of one strength (see
+    :func:`own_groups`). Until ``attach`` takes such a mapping itself, the strengths are written
+    into the groups' ``wsr_lam`` after a plain attach; this is the one place that does so.
+    """
+    ws = require("weightshare", "attach", experiment="protocol")
+    params = list(lams)
+    per_group = []
+    for i, group in enumerate(optimizer.param_groups):
+        own = {float(lams[q]) for p in group["params"] for q in params if p is q}
+        if len(own) > 1:
+            raise ValueError(f"param group {i} holds parameters of strengths {sorted(own)}")
+        per_group.append(own.pop() if own else None)
+    handle = ws.attach(optimizer, float(lams[params[0]]), params=params, l1=l1)
+    for group, lam in zip(optimizer.param_groups, per_group, strict=True):
+        if lam is not None:
+            group["wsr_lam"] = lam
+    return handle

@@ -122,22 +122,6 @@ def attach_strengths(
     lams: Mapping[torch.Tensor, float],
     l1: float = 0.0,
 ) -> Any:
-    """``weightshare.attach`` with a WSR strength per parameter (``lams[p]``), the same ``l1``.
-
-    Every param group that holds attached parameters must hold parameters of one strength (see
-    :func:`own_groups`). Until ``attach`` takes such a mapping itself, the strengths are written
-    into the groups' ``wsr_lam`` after a plain attach; this is the one place that does so.
-    """
+    """``weightshare.attach`` with a WSR strength per parameter (``lams[p]``), the same ``l1``."""
     ws = require("weightshare", "attach", experiment="protocol")
-    params = list(lams)
-    per_group = []
-    for i, group in enumerate(optimizer.param_groups):
-        own = {float(lams[q]) for p in group["params"] for q in params if p is q}
-        if len(own) > 1:
-            raise ValueError(f"param group {i} holds parameters of strengths {sorted(own)}")
-        per_group.append(own.pop() if own else None)
-    handle = ws.attach(optimizer, float(lams[params[0]]), params=params, l1=l1)
-    for group, lam in zip(optimizer.param_groups, per_group, strict=True):
-        if lam is not None:
-            group["wsr_lam"] = lam
-    return handle
+    return ws.attach(optimizer, dict(lams), l1=l1)

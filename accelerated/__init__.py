@@ -29,6 +29,13 @@ _EXPORTS: dict[str, str] = {
     "symmetric": "._symmetry",
     "factorize": "._factorization",
     "collapse": "._factorization",
+    "compress": "._compress",
+    "save": "._serialize",
+    "load": "._serialize",
+    "storage": "._storage",
+    "Storage": "._storage",
+    "pack_bits": "._packing",
+    "unpack_bits": "._packing",
 }
 _SUBMODULES = ("factorization", "hashing", "nn", "reference", "symmetry")
 
@@ -42,15 +49,22 @@ if TYPE_CHECKING:
     from . import symmetry as symmetry
     from ._attach import Attachment as Attachment
     from ._attach import attach as attach
+    from ._compress import compress as compress
     from ._factorization import collapse as collapse
     from ._factorization import factorize as factorize
     from ._hashed_layers import hashed as hashed
+    from ._packing import pack_bits as pack_bits
+    from ._packing import unpack_bits as unpack_bits
     from ._penalty import penalty as penalty
     from ._prox import clusters as clusters
     from ._prox import prox as prox
     from ._prox import prox_ as prox_
     from ._prox import prox_many as prox_many
     from ._prox import soft_threshold as soft_threshold
+    from ._serialize import load as load
+    from ._serialize import save as save
+    from ._storage import Storage as Storage
+    from ._storage import storage as storage
     from ._symmetry import symmetric as symmetric
     from ._tie import num_distinct as num_distinct
     from ._tie import tie as tie

@@ -87,15 +87,17 @@ class HashTables(nn.Module):
         Raises ``ValueError`` (nothing changed) when the recipe is malformed, newer, or for
         another shape or number of buckets.
         """
-        index, sign = self._tables_from(recipe, packed_index)
+        self.install(recipe, *self.tables_from(recipe, packed_index))
+
+    def install(self, recipe: dict[str, Any], index: Tensor, sign: Tensor | None) -> None:
+        """Take checked tables (from :meth:`tables_from`) and their recipe; cannot fail."""
         self.index, self.sign = index, sign
         self.seed, self.signed = recipe["seed"], recipe["signed"]
         self.hash, self.hash_kwargs = recipe["hash"], dict(recipe["hash_kwargs"])
         self.hash_is_callable = bool(recipe["callable"])
 
-    def _tables_from(
-        self, recipe: Any, packed_index: Tensor | None
-    ) -> tuple[Tensor, Tensor | None]:
+    def tables_from(self, recipe: Any, packed_index: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The tables of a saved recipe for this module, checked; nothing is changed."""
         what = f"the hash recipe of {type(self).__name__}"
         need = ("shape", "num_buckets", "hash", "seed", "signed", "hash_kwargs", "callable")
         if not isinstance(recipe, dict) or any(k not in recipe for k in need):

@@ -69,9 +69,7 @@ def pack_bits(labels: Tensor, bits: int) -> Tensor:
     return out
 
 
-def unpack_bits(
-    data: Tensor, bits: int, count: int, *, dtype: torch.dtype = torch.int64
-) -> Tensor:
+def unpack_bits(data: Tensor, bits: int, count: int, *, dtype: torch.dtype = torch.int64) -> Tensor:
     r"""The ``count`` labels packed in ``data`` at ``bits`` bits each (inverse of ``pack_bits``).
 
     Args:

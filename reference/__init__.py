@@ -9,6 +9,8 @@ from __future__ import annotations
 from . import factorization as factorization
 from . import hashing as hashing
 from . import symmetry as symmetry
+from ._packing import pack_bits as pack_bits
+from ._packing import unpack_bits as unpack_bits
 from ._penalty import penalty as penalty
 from ._prox import clusters as clusters
 from ._prox import isotonic as isotonic
@@ -23,6 +25,7 @@ __all__ = [
     "factorization",
     "hashing",
     "isotonic",
+    "pack_bits",
     "pava",
     "penalty",
     "prox",
@@ -30,4 +33,5 @@ __all__ = [
     "prox_pava",
     "soft_threshold",
     "symmetry",
+    "unpack_bits",
 ]

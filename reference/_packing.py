@@ -84,8 +84,6 @@ def unpack_bits(data: np.ndarray, bits: int, count: int) -> np.ndarray:
         raise TypeError(f"data must be a uint8 vector, got dtype {d.dtype} and shape {d.shape}")
     want = math.ceil(n * b / 8)
     if d.size != want:
-        raise ValueError(
-            f"data has {d.size} bytes; {n} labels of {b} bits take {want} bytes"
-        )
+        raise ValueError(f"data has {d.size} bytes; {n} labels of {b} bits take {want} bytes")
     stream = np.unpackbits(d, bitorder="little")[: n * b].reshape(n, b).astype(np.int64)
     return (stream << np.arange(b, dtype=np.int64)).sum(axis=1, dtype=np.int64)

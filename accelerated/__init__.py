@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "load": "._serialize",
     "storage": "._storage",
     "Storage": "._storage",
+    "bit_width": "._packing",
     "pack_bits": "._packing",
     "unpack_bits": "._packing",
 }
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from ._factorization import collapse as collapse
     from ._factorization import factorize as factorize
     from ._hashed_layers import hashed as hashed
+    from ._packing import bit_width as bit_width
     from ._packing import pack_bits as pack_bits
     from ._packing import unpack_bits as unpack_bits
     from ._penalty import penalty as penalty

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import inspect
-import itertools
 import io
+import itertools
 import math
 
 import numpy as np

@@ -9,6 +9,7 @@ from __future__ import annotations
 from . import factorization as factorization
 from . import hashing as hashing
 from . import symmetry as symmetry
+from ._packing import bit_width as bit_width
 from ._packing import pack_bits as pack_bits
 from ._packing import unpack_bits as unpack_bits
 from ._penalty import penalty as penalty
@@ -21,6 +22,7 @@ from ._prox import prox_pava as prox_pava
 from ._prox import soft_threshold as soft_threshold
 
 __all__ = [
+    "bit_width",
     "clusters",
     "factorization",
     "hashing",

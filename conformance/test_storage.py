@@ -223,6 +223,8 @@ def test_byte_counts_of_the_issue_table(tmp_path: Path) -> None:
         bound = 4 * k + 300 * 784 * ref.bit_width(k) / 8
         assert _sd_bytes(lin) - 300 * 4 <= 1.05 * bound, k
         assert file_bytes(lin) - 300 * 4 <= 1.05 * bound + 4 * KIB, k
+    hp = hashing.hashed(torch.nn.Linear(784, 300), num_buckets=14_700)
+    assert _sd_bytes(hp) <= 1.02 * free and file_bytes(hp) <= 1.02 * free + 4 * KIB
     sym = ws.symmetric(torch.nn.Linear(300, 300))
     assert _sd_bytes(sym) <= 1.02 * (300 * 301 // 2 + 300) * 4
     # a factorized weight keeps its D factors while training, and is sparse once compressed
@@ -548,6 +550,20 @@ def test_save_refuses_what_it_cannot_describe(tmp_path: Path) -> None:
     torch.nn.utils.parametrize.register_parametrization(lin, "weight", Double())
     with pytest.raises(ValueError, match="'weight' is parametrized by Double"):
         ws.save(lin, tmp_path / "x.safetensors")
+
+    class Stateful(torch.nn.Linear):
+        def get_extra_state(self) -> dict:
+            return {"step": 3}
+
+        def set_extra_state(self, state: dict) -> None:
+            pass
+
+    with pytest.raises(ValueError, match=r"'0._extra_state' \(Stateful\) has extra state"):
+        ws.save(torch.nn.Sequential(Stateful(2, 2)), tmp_path / "x.safetensors")
+    fn = lambda shape, k, *, seed, device, table: table  # noqa: E731
+    weird = wnn.HashedLinear(3, 2, 6, hash=fn, table=torch.arange(6).reshape(2, 3))
+    with pytest.raises(ValueError, match="description of 'weight' is not JSON"):
+        ws.save(weird, tmp_path / "x.safetensors")
     assert not (tmp_path / "x.safetensors").exists()
 
 

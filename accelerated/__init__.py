@@ -29,6 +29,14 @@ _EXPORTS: dict[str, str] = {
     "symmetric": "._symmetry",
     "factorize": "._factorization",
     "collapse": "._factorization",
+    "compress": "._compress",
+    "save": "._serialize",
+    "load": "._serialize",
+    "storage": "._storage",
+    "Storage": "._storage",
+    "bit_width": "._packing",
+    "pack_bits": "._packing",
+    "unpack_bits": "._packing",
 }
 _SUBMODULES = ("factorization", "hashing", "nn", "reference", "symmetry")
 
@@ -48,9 +56,17 @@ if TYPE_CHECKING:
     from ._api import soft_threshold as soft_threshold
     from ._attach import Attachment as Attachment
     from ._attach import attach as attach
+    from ._compress import compress as compress
     from ._factorization import collapse as collapse
     from ._factorization import factorize as factorize
     from ._hashed_layers import hashed as hashed
+    from ._packing import bit_width as bit_width
+    from ._packing import pack_bits as pack_bits
+    from ._packing import unpack_bits as unpack_bits
+    from ._serialize import load as load
+    from ._serialize import save as save
+    from ._storage import Storage as Storage
+    from ._storage import storage as storage
     from ._symmetry import symmetric as symmetric
     from ._tie import num_distinct as num_distinct
     from ._tie import tie as tie

@@ -1,8 +1,9 @@
 r"""Hashed layers and the ``hashed`` parametrization (spec page ``hashing``, HASH-11 .. HASH-15).
 
 Each stores only the $K$ bucket values as a parameter; the index table (and the sign table) are
-persistent buffers, and the dense weight $W = \xi \odot w[H]$ is rebuilt by a gather in every
-forward, so autograd's backward is the scatter-add of the spec.
+non-persistent buffers rebuilt from the recipe (``_hash_recipe``), and the dense weight
+$W = \xi \odot w[H]$ is rebuilt by a gather in every forward, so autograd's backward is the
+scatter-add of the spec.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ._hashing import HashFn, _gather, make_table
+from ._hash_recipe import HashTables
+from ._hashing import HashFn, _gather
 from ._hashing import entropy as _entropy
-from ._hashing import sign as _sign_table
 from .reference._args import check_buckets, check_int, check_seed
 
 __all__ = ["Hashed", "HashedConv2d", "HashedLinear", "hashed"]
@@ -28,16 +29,10 @@ def _check_dtype(dtype: torch.dtype | None) -> None:
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
 
 
-def _hash_name(hash: str | HashFn) -> str:
-    return hash if isinstance(hash, str) else getattr(hash, "__name__", type(hash).__name__)
-
-
-class _HashedWeight(nn.Module):
+class _HashedWeight(HashTables):
     """Shared state and behaviour of the hashed layers."""
 
     values: nn.Parameter
-    index: torch.Tensor
-    sign: torch.Tensor | None
 
     def _build(
         self,
@@ -51,16 +46,8 @@ class _HashedWeight(nn.Module):
         hash_kwargs: dict[str, Any],
     ) -> None:
         _check_dtype(dtype)
-        self.num_buckets = check_buckets(num_buckets)
-        self.seed = check_seed(seed)
-        self.signed = bool(signed)
-        self.hash = _hash_name(hash)
-        self.hash_kwargs = dict(hash_kwargs)
-        index = make_table(shape, self.num_buckets, hash, self.seed, device, hash_kwargs)
-        self.register_buffer("index", index)
-        self.register_buffer(
-            "sign", _sign_table(shape, seed=self.seed, device=device) if self.signed else None
-        )
+        k, s = check_buckets(num_buckets), check_seed(seed)
+        self._make_tables(shape, k, hash, s, signed, device, hash_kwargs)
         self.values = nn.Parameter(torch.empty(self.num_buckets, device=device, dtype=dtype))
 
     @property
@@ -242,7 +229,7 @@ class HashedConv2d(_HashedWeight):
         )
 
 
-class Hashed(nn.Module):
+class Hashed(HashTables):
     r"""The parametrization $w \mapsto \xi \odot w[H]$ from $(K,)$ values to a weight's shape.
 
     Args:
@@ -254,9 +241,6 @@ class Hashed(nn.Module):
         device: The device of the tables.
         hash_kwargs: Extra arguments of the hash.
     """
-
-    index: torch.Tensor
-    sign: torch.Tensor | None
 
     def __init__(
         self,
@@ -271,14 +255,8 @@ class Hashed(nn.Module):
     ) -> None:
         super().__init__()
         self.shape = tuple(shape)
-        self.num_buckets = check_buckets(num_buckets)
-        seed = check_seed(seed)
-        self.register_buffer(
-            "index", make_table(self.shape, self.num_buckets, hash, seed, device, hash_kwargs or {})
-        )
-        self.register_buffer(
-            "sign", _sign_table(self.shape, seed=seed, device=device) if signed else None
-        )
+        k, s = check_buckets(num_buckets), check_seed(seed)
+        self._make_tables(self.shape, k, hash, s, signed, device, hash_kwargs or {})
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, num_buckets={self.num_buckets}, signed={self.sign is not None}"
@@ -294,7 +272,7 @@ class Hashed(nn.Module):
                 f"the assigned weight has shape {tuple(weight.shape)}, expected {self.shape}"
             )
         flat = weight.reshape(-1) if self.sign is None else (weight * self.sign).reshape(-1)
-        idx = self.index.reshape(-1)
+        idx = self.index.reshape(-1).long()
         sums = torch.zeros(self.num_buckets, dtype=weight.dtype, device=weight.device)
         sums = sums.index_add(0, idx, flat)
         counts = torch.bincount(idx, minlength=self.num_buckets).clamp_min(1)
@@ -303,7 +281,7 @@ class Hashed(nn.Module):
     def first_members(self, weight: torch.Tensor) -> torch.Tensor:
         r"""$\xi_j W_j$ at each bucket's first member $j$ in C order (0 for an empty bucket)."""
         n = self.index.numel()
-        idx = self.index.reshape(-1)
+        idx = self.index.reshape(-1).long()
         first = torch.full((self.num_buckets,), n, dtype=torch.int64, device=idx.device)
         first = first.scatter_reduce(0, idx, torch.arange(n, device=idx.device), reduce="amin")
         taken = first.clamp_max(n - 1)

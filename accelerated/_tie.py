@@ -8,6 +8,7 @@ from torch.nn.utils import parametrize
 
 from . import _checks as checks
 from ._checks import is_dtensor
+from ._packing import bit_width, index_dtype, pack_bits, unpack_bits
 from ._parametrized import parametrization_list
 from ._prox import clusters
 
@@ -17,8 +18,11 @@ __all__ = ["num_distinct", "tie", "untie", "zero_fraction"]
 class Tied(nn.Module):
     r"""Parametrization ``w_i = v[c(i)]``: one stored value per cluster, gathered to the weight.
 
+    In memory the labels are int32 (int64 only when ``K > 2**31``), the narrowest dtype torch's
+    gather takes; in the state dict they are bit-packed at ``ceil(log2 K)`` bits (spec STORE-2).
+
     Args:
-        labels: ``int64`` cluster index of every weight entry, with values ``0 .. K-1``.
+        labels: integer cluster index of every weight entry, with values ``0 .. K-1``.
         num_values: the number of clusters ``K``.
     """
 
@@ -26,8 +30,34 @@ class Tied(nn.Module):
 
     def __init__(self, labels: Tensor, num_values: int) -> None:
         super().__init__()
-        self.register_buffer("labels", labels)
+        self.register_buffer("labels", labels.to(index_dtype(num_values)))
         self.num_values = num_values
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "labels"] = pack_bits(self.labels, bit_width(self.num_values))
+
+    def _load_from_state_dict(
+        self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool, *args: list
+    ) -> None:
+        key = prefix + "labels"
+        if key in state_dict:
+            try:
+                labels = self.unpack(state_dict[key])
+            except (TypeError, ValueError) as err:
+                args[2].append(f"{key}: {err}")  # error_msgs
+                return
+            state_dict = {**state_dict, key: labels}
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args)
+
+    def unpack(self, packed: Tensor) -> Tensor:
+        """The labels of this weight's shape from their packed form, checked to be ``< K``."""
+        k, shape = self.num_values, self.labels.shape
+        flat = unpack_bits(packed, bit_width(k), self.labels.numel(), dtype=index_dtype(k))
+        bad = int((flat >= k).sum())
+        if bad:
+            raise ValueError(f"the packed labels have {bad} entries outside [0, {k})")
+        return flat.reshape(shape)
 
     def forward(self, values: Tensor) -> Tensor:
         # indexing backward accumulates: the gradient of values[k] is the sum over its members
@@ -37,7 +67,7 @@ class Tied(nn.Module):
         """The cluster means of ``weight``: the least-squares tied weight."""
         # shifted mean: each cluster's first member plus the mean deviation from it, so a cluster
         # of equal values keeps its value exactly
-        flat, w = self.labels.reshape(-1), weight.reshape(-1)
+        flat, w = self.labels.reshape(-1).long(), weight.reshape(-1)
         order = torch.arange(flat.numel(), device=flat.device)
         first = torch.full((self.num_values,), flat.numel(), device=flat.device)
         first = first.scatter_reduce(0, flat, order, "amin")
@@ -98,7 +128,7 @@ def tie(module: nn.Module, name: str = "weight", labels: Tensor | None = None) -
             f"{tuple(weight.shape)}"
         )
     uniq, index = torch.unique(labels.to(weight.device), return_inverse=True)
-    tied = Tied(index.to(torch.int64).reshape(weight.shape), int(uniq.numel()))
+    tied = Tied(index.reshape(weight.shape), int(uniq.numel()))
     parametrize.register_parametrization(module, name, tied, unsafe=True)
     return module
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import io
 import itertools
 import math
 
@@ -496,13 +497,33 @@ def test_state_dict_round_trip(device: str) -> None:
     b = nn.HashedConv2d(3, 4, 3, 17, seed=2, hash="dirichlet", alpha=0.2, device=device)
     assert not torch.equal(a.index, b.index)
     state = a.state_dict()
-    assert set(state) == {"values", "bias", "index", "sign"}
-    b.load_state_dict(state)
+    # the tables are not saved: the recipe (extra state) regenerates them
+    assert set(state) == {"values", "bias", "_extra_state"}
+    assert state["_extra_state"]["seed"] == 1 and "index" not in state["_extra_state"]
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    b.load_state_dict(torch.load(buf, weights_only=True))
     x = torch.randn(1, 3, 6, 6, device=device)
     torch.testing.assert_close(b(x), a(x), rtol=0, atol=0)
     assert torch.equal(b.index, a.index) and torch.equal(b.sign, a.sign)
+    assert b.seed == 1 and a.index.dtype == torch.int32
     c = nn.HashedLinear(3, 2, 4, signed=False, bias=False)
-    assert set(c.state_dict()) == {"values", "index"}
+    assert set(c.state_dict()) == {"values", "_extra_state"}
+    # a callable hash cannot be rebuilt from its name: its table is saved, bit-packed
+    table = torch.tensor([[0, 3, 3], [1, 2, 0]])
+    d = nn.HashedLinear(3, 2, 4, hash=lambda shape, k, *, seed, device: table, bias=False)
+    e = nn.HashedLinear(3, 2, 4, bias=False)
+    packed = d.state_dict()["_extra_state"]["index"]
+    assert packed.dtype == torch.uint8 and packed.numel() == 2  # 6 labels of 2 bits
+    e.load_state_dict(d.state_dict())
+    assert torch.equal(e.index, table.int()) and torch.equal(e.weight, d.weight)
+    # another shape or K is refused, the layer unchanged
+    f = nn.HashedLinear(3, 2, 5, bias=False)
+    before = f.index.clone()
+    with pytest.raises(ValueError, match=r"\(2, 3\) with 4 buckets.*\(2, 3\) with 5 buckets"):
+        f.set_extra_state(c.state_dict()["_extra_state"])
+    assert torch.equal(f.index, before)
 
 
 @pytest.mark.req("HASH-15")
@@ -517,8 +538,7 @@ def test_hashed_parametrization(device: str) -> None:
     assert set(lin.state_dict()) == {
         "bias",
         "parametrizations.weight.original",
-        "parametrizations.weight.0.index",
-        "parametrizations.weight.0.sign",
+        "parametrizations.weight.0._extra_state",
     }
     index, sign = ref.uniform((6, 9), 10, seed=5), ref.sign((6, 9), seed=5)
     want = ref.materialize(original.detach().cpu().numpy(), index, sign)

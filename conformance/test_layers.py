@@ -24,9 +24,11 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("_prox", "_penalty", "_deferred"),
     ("_distributed_layout", "_distributed_sort", "_distributed"),
     ("_api",),
-    ("_parametrized", "_attach", "_tie", "_hashing", "_hashed_layers", "_symmetry"),
+    ("_packing", "_sparse", "_parametrized"),
+    ("_attach", "_tie", "_hashing", "_hash_recipe", "_hashed_layers", "_symmetry"),
     ("_factorization",),
-    ("__init__", "factorization", "hashing", "nn", "symmetry"),
+    ("_structures", "_compress", "_serialize", "_storage"),  # whole models: compress, save, load
+    ("__init__", "__main__", "factorization", "hashing", "nn", "symmetry", "storage"),
 )
 
 

@@ -13,14 +13,17 @@ from typing import TYPE_CHECKING, Any
 
 # public name -> private module that defines it
 _EXPORTS: dict[str, str] = {
+    "bit_width": "._packing",
     "clusters": "._prox",
     "isotonic": "._prox",
+    "pack_bits": "._packing",
     "pava": "._prox",
     "penalty": "._penalty",
     "prox": "._prox",
     "prox_particles": "._prox",
     "prox_pava": "._prox",
     "soft_threshold": "._prox",
+    "unpack_bits": "._packing",
 }
 _SUBMODULES = ("factorization", "hashing", "symmetry")
 
@@ -30,6 +33,9 @@ if TYPE_CHECKING:
     from . import factorization as factorization
     from . import hashing as hashing
     from . import symmetry as symmetry
+    from ._packing import bit_width as bit_width
+    from ._packing import pack_bits as pack_bits
+    from ._packing import unpack_bits as unpack_bits
     from ._penalty import penalty as penalty
     from ._prox import clusters as clusters
     from ._prox import isotonic as isotonic

@@ -1,0 +1,176 @@
+"""``ws.storage``: bytes per tensor, dense against as stored (spec page *Storage*, STORE-11).
+
+``python -m weightshare storage FILE`` prints the table of a file written by ``ws.save``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+__all__ = ["Storage", "TensorStorage", "main", "storage"]
+
+
+@dataclass(frozen=True)
+class TensorStorage:
+    """One logical tensor: its structure and its bytes.
+
+    Attributes:
+        name: The tensor's name (``0.weight``).
+        kind: Its structure (``dense``, ``tied``, ``hashed``, ``symmetric``, ``factorized``,
+            ``sparse``).
+        numel: Its number of entries (the virtual weight's, for a shared one).
+        dense_bytes: ``4 * numel``, the dense float32 tensor.
+        memory_bytes: Bytes resident in memory (parameters and buffers, tables included);
+            ``None`` when read from a file.
+        file_bytes: Bytes of its tensors in the file.
+    """
+
+    name: str
+    kind: str
+    numel: int
+    dense_bytes: int
+    memory_bytes: int | None
+    file_bytes: int
+
+    @property
+    def ratio(self) -> float:
+        """``dense_bytes / file_bytes`` (inf for an empty file part)."""
+        return self.dense_bytes / self.file_bytes if self.file_bytes else math.inf
+
+
+@dataclass(frozen=True)
+class Storage:
+    """The storage table of a model or file; ``str()`` renders it as a Markdown table.
+
+    Attributes:
+        tensors: One row per logical tensor.
+        header_bytes: The file's header (safetensors' JSON, with the weightshare metadata).
+    """
+
+    tensors: tuple[TensorStorage, ...]
+    header_bytes: int
+
+    @property
+    def dense_bytes(self) -> int:
+        """All tensors as dense float32."""
+        return sum(t.dense_bytes for t in self.tensors)
+
+    @property
+    def memory_bytes(self) -> int | None:
+        """All resident bytes (``None`` for a file)."""
+        rows = [t.memory_bytes for t in self.tensors]
+        return None if any(r is None for r in rows) else sum(r for r in rows if r is not None)
+
+    @property
+    def file_bytes(self) -> int:
+        """The file's size: every tensor plus the header."""
+        return sum(t.file_bytes for t in self.tensors) + self.header_bytes
+
+    @property
+    def ratio(self) -> float:
+        """``dense_bytes / file_bytes``."""
+        return self.dense_bytes / self.file_bytes
+
+    def __str__(self) -> str:
+        def mem(b: int | None) -> str:
+            return "—" if b is None else f"{b:,}"
+
+        lines = [
+            "| tensor | structure | entries | dense float32 B | memory B | file B | ratio |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for t in self.tensors:
+            lines.append(
+                f"| `{t.name}` | {t.kind} | {t.numel:,} | {t.dense_bytes:,} | "
+                f"{mem(t.memory_bytes)} | {t.file_bytes:,} | {t.ratio:.2f}× |"
+            )
+        lines.append(f"| (header) | | | | | {self.header_bytes:,} | |")
+        lines.append(
+            f"| **total** | | {sum(t.numel for t in self.tensors):,} | {self.dense_bytes:,} | "
+            f"{mem(self.memory_bytes)} | {self.file_bytes:,} | {self.ratio:.2f}× |"
+        )
+        return "\n".join(lines)
+
+
+def storage(source: nn.Module | str | os.PathLike) -> Storage:
+    """The bytes of every tensor of a model (or of a file written by ``ws.save``).
+
+    For a model, the file bytes are those ``ws.save`` would write (the model is serialized in
+    memory to count them) and the memory bytes are the resident parameters and buffers; for a file
+    only the file bytes are known.
+
+    Args:
+        source: A model, or the path of a ``.safetensors`` file written by ``ws.save``.
+
+    Returns:
+        A :class:`Storage` table.
+    """
+    from ._serialize import METADATA_KEY, collect, read
+
+    if isinstance(source, nn.Module):
+        from safetensors.torch import save as to_bytes
+
+        from ._structures import entries
+
+        header, tensors = collect(source)
+        metas = header["tensors"]
+        size = len(to_bytes(tensors, metadata={METADATA_KEY: json.dumps(header)}))
+        memory = {e.name: _resident(e.parts().values()) for e in entries(source)}
+    else:
+        header, tensors = read(source)
+        metas = header["tensors"]
+        size = os.path.getsize(source)
+        memory = {}
+    parts: dict[str, int] = dict.fromkeys(metas, 0)
+    for key, t in tensors.items():
+        name = key if key in metas else key.rsplit(".", 1)[0]
+        parts[name] += t.numel() * t.element_size()
+    rows = tuple(
+        TensorStorage(
+            name,
+            meta["kind"],
+            math.prod(meta["shape"]),
+            4 * math.prod(meta["shape"]),
+            memory.get(name),
+            parts[name],
+        )
+        for name, meta in metas.items()
+    )
+    return Storage(rows, size - sum(r.file_bytes for r in rows))
+
+
+def _resident(tensors: Sequence | object) -> int:
+    seen: set[int] = set()
+    total = 0
+    for t in tensors:  # type: ignore[union-attr]
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in seen:
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+    return total
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m weightshare storage FILE [FILE ...]``: print each file's storage table."""
+    parser = argparse.ArgumentParser(
+        prog="python -m weightshare storage",
+        description="Bytes per tensor of files written by ws.save: dense float32 against stored.",
+    )
+    parser.add_argument("files", nargs="+", help=".safetensors files written by ws.save")
+    args = parser.parse_args(argv)
+    for i, path in enumerate(args.files):
+        try:
+            table = storage(path)
+        except (OSError, ValueError) as err:
+            print(f"{path}: {err}", file=sys.stderr)
+            return 1
+        print(("\n" if i else "") + f"{path}\n\n{table}")
+    return 0

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from ._hashing import HashFn, make_table
 from ._hashing import sign as _sign_table
 from ._packing import bit_width, index_dtype, pack_bits, unpack_bits
+from .reference._args import check_buckets, check_seed
 
 #: The version of the recipe dict (``get_extra_state``); a newer one is refused.
 RECIPE_VERSION = 1
@@ -45,7 +46,8 @@ class HashTables(nn.Module):
         device: Any,
         hash_kwargs: dict[str, Any],
     ) -> None:
-        """Build and register the tables; ``num_buckets`` and ``seed`` are already checked."""
+        """Check ``num_buckets`` and ``seed``, then build and register the tables."""
+        num_buckets, seed = check_buckets(num_buckets), check_seed(seed)
         index = make_table(shape, num_buckets, hash, seed, device, hash_kwargs)
         self.table_shape = tuple(shape)
         self.num_buckets, self.seed, self.signed = num_buckets, seed, bool(signed)

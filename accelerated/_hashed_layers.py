@@ -19,7 +19,7 @@ from torch.nn.utils import parametrize
 from ._hash_recipe import HashTables
 from ._hashing import HashFn, _gather
 from ._hashing import entropy as _entropy
-from .reference._args import check_buckets, check_int, check_seed
+from .reference._args import check_int
 
 __all__ = ["Hashed", "HashedConv2d", "HashedLinear", "hashed"]
 
@@ -34,21 +34,13 @@ class _HashedWeight(HashTables):
 
     values: nn.Parameter
 
-    def _build(
-        self,
-        shape: tuple[int, ...],
-        num_buckets: int,
-        hash: str | HashFn,
-        seed: int,
-        signed: bool,
-        device: Any,
-        dtype: torch.dtype | None,
-        hash_kwargs: dict[str, Any],
-    ) -> None:
+    def _build(self, dtype: torch.dtype | None, *tables: Any) -> None:
+        """Check ``dtype``, build the tables (``HashTables._make_tables(*tables)``), the values."""
         _check_dtype(dtype)
-        k, s = check_buckets(num_buckets), check_seed(seed)
-        self._make_tables(shape, k, hash, s, signed, device, hash_kwargs)
-        self.values = nn.Parameter(torch.empty(self.num_buckets, device=device, dtype=dtype))
+        self._make_tables(*tables)
+        self.values = nn.Parameter(
+            torch.empty(self.num_buckets, device=self.index.device, dtype=dtype)
+        )
 
     @property
     def weight(self) -> torch.Tensor:
@@ -121,7 +113,7 @@ class HashedLinear(_HashedWeight):
                 f"{(self.out_features, self.in_features)}"
             )
         shape = (self.out_features, self.in_features)
-        self._build(shape, num_buckets, hash, seed, signed, device, dtype, hash_kwargs)
+        self._build(dtype, shape, num_buckets, hash, seed, signed, device, hash_kwargs)
         if bias:
             self.bias = nn.Parameter(torch.empty(self.out_features, device=device, dtype=dtype))
         else:
@@ -203,7 +195,7 @@ class HashedConv2d(_HashedWeight):
             )
         self.stride, self.padding, self.dilation = stride, padding, dilation
         shape = (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
-        self._build(shape, num_buckets, hash, seed, signed, device, dtype, hash_kwargs)
+        self._build(dtype, shape, num_buckets, hash, seed, signed, device, hash_kwargs)
         if bias:
             self.bias = nn.Parameter(torch.empty(self.out_channels, device=device, dtype=dtype))
         else:
@@ -255,8 +247,7 @@ class Hashed(HashTables):
     ) -> None:
         super().__init__()
         self.shape = tuple(shape)
-        k, s = check_buckets(num_buckets), check_seed(seed)
-        self._make_tables(self.shape, k, hash, s, signed, device, hash_kwargs or {})
+        self._make_tables(self.shape, num_buckets, hash, seed, signed, device, hash_kwargs or {})
 
     def extra_repr(self) -> str:
         return f"shape={self.shape}, num_buckets={self.num_buckets}, signed={self.sign is not None}"

@@ -454,3 +454,24 @@ def test_unrendered_math_is_found_outside_math_and_code(tmp_path: Path) -> None:
     (tmp_path / "page" / "index.html").write_text(bug, encoding="utf-8")
     found = unrendered_math(tmp_path)
     assert any("page/index.html" in line and "): $" in line for line in found)
+
+
+@pytest.mark.req("EXP-60")
+def test_compression_summary_schema(smoke_runs) -> None:
+    summary, _ = smoke_runs["compression"]
+    assert summary["dataset"] == "mnist5k"
+    recipes = summary["recipes"]
+    assert {"dense", "wsr", "dwf-2", "hashed", "deep-compression"} <= set(recipes)
+    dense = recipes["dense"]["dense"]
+    assert dense["bytes"]["mean"] == summary["dense_bytes"]
+    for by_setting in recipes.values():
+        for s in by_setting.values():
+            for run in s["runs"]:
+                assert 0.0 <= run["test_acc"] <= 1.0 and run["bytes"] > 0
+    # the hashed and Deep Compression files are smaller than the dense float32 file
+    assert all(s["bytes"]["mean"] < dense["bytes"]["mean"] for s in recipes["hashed"].values())
+    dc = recipes["deep-compression"]
+    assert all(s["bytes"]["mean"] < dense["bytes"]["mean"] / 5 for s in dc.values())
+    verdict = summary["verdict"]
+    assert verdict["loss_points"] == 0.5 and verdict["goal_ratio"] == 40.0
+    assert isinstance(verdict["goal_met"], bool) and verdict["text"]

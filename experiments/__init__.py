@@ -14,4 +14,5 @@ EXPERIMENTS: dict[str, str] = {
     "arbnets": ".arbnets",
     "symmetry": ".symmetry",
     "factorization": ".factorization",
+    "compression": ".compression",
 }

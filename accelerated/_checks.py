@@ -21,11 +21,8 @@ import torch
 
 from .reference._args import check_nonneg_finite as check_nonneg_finite
 from .reference._args import check_real as check_real
-from .reference._args import (
-    dtype_message,
-    negative_message,
-    nonfinite_message,
-)
+from .reference._args import dtype_message, negative_message
+from .reference._args import nonfinite_message as nonfinite_message
 
 if TYPE_CHECKING:
     from torch.distributed.tensor import DTensor

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ._factorization import product
+from . import _checks as checks
+from ._factorization import Factorization, product
 from ._packing import bit_width
+from ._parametrized import original, parametrizations_of
 from ._sparse import Sparse, mask_bytes, nonzero_mask
 from ._structures import Entry, Step, copy_into, entries, restructure
 from ._tie import Tied
@@ -128,10 +131,10 @@ def compress(
             continue
         count = int((~torch.isfinite(w)).sum())
         if count:
-            bad.append(f"{e.name!r} (shape {tuple(w.shape)}: {count} NaN/inf)")
+            bad.append(checks.nonfinite_message(f"{e.name!r} of shape {tuple(w.shape)}", count))
         todo.append((e, w))
     if bad:
-        raise ValueError(f"compress: non-finite weights, nothing changed: {', '.join(bad)}")
+        raise ValueError(f"compress changed nothing: {'; '.join(bad)}")
     steps = [_step(e, w, min_numel, max_values) for e, w in todo]
     for step in steps:
         step()
@@ -141,14 +144,14 @@ def compress(
 def _candidate(e: Entry, threshold: float) -> Tensor | None:
     """The dense value of a weight ``compress`` handles, else ``None``."""
     if e.kind == "factorized":
-        plist = e.owner.parametrizations[e.attr]
+        depth = cast(Factorization, parametrizations_of(e.owner, e.attr)[0]).depth
         with torch.no_grad():
-            w = product([getattr(plist, f"original{d}") for d in range(plist[0].depth)])
+            w = product([original(e.owner, e.attr, d) for d in range(depth)])
             return torch.where(w.abs() < threshold, torch.zeros_like(w), w)
     if e.kind == "dense" and e.attr in e.owner._parameters:
-        w = e.owner._parameters[e.attr]
-        if w is not None and w.is_floating_point() and w.numel() > 0:
-            return w.detach()
+        p = e.owner._parameters[e.attr]
+        if p is not None and p.is_floating_point() and p.numel() > 0:
+            return p.detach()
     return None
 
 

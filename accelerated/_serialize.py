@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -31,7 +31,10 @@ from ._tie import Tied
 FORMAT_VERSION = 1
 METADATA_KEY = "weightshare"
 
-PathLike = str | os.PathLike
+PathLike = str | os.PathLike[str]
+#: a tensor's JSON description and its stored tensors, by role
+Meta = dict[str, Any]
+Parts = dict[str, Tensor]
 
 
 def file_key(name: str, part: str) -> str:
@@ -213,7 +216,7 @@ def _device(e: Entry) -> torch.device:
     return next(iter(e.parts().values())).device
 
 
-def _stage_dense(e: Entry, meta: dict, parts: dict[str, Tensor]) -> tuple[Step, list[str]]:
+def _stage_dense(e: Entry, meta: Meta, parts: Parts) -> tuple[Step, list[str]]:
     _check_kind(e, "dense")
     t = _part(parts, "", e.shape)
     dst = getattr(e.owner, e.attr)
@@ -222,7 +225,7 @@ def _stage_dense(e: Entry, meta: dict, parts: dict[str, Tensor]) -> tuple[Step, 
     return lambda: copy_into(dst, t), [""]
 
 
-def _stage_tied(e: Entry, meta: dict, parts: dict[str, Tensor]) -> tuple[Step, list[str]]:
+def _stage_tied(e: Entry, meta: Meta, parts: Parts) -> tuple[Step, list[str]]:
     _check_kind(e, "tied")
     k = int(meta["num_values"])
     if k < 1 or meta.get("bits", bit_width(k)) != bit_width(k):
@@ -236,7 +239,7 @@ def _stage_tied(e: Entry, meta: dict, parts: dict[str, Tensor]) -> tuple[Step, l
     return restructure(e, tied, True, [values]), ["values", "labels"]
 
 
-def _stage_hashed(e: Entry, meta: dict, parts: dict[str, Tensor]) -> tuple[Step, list[str]]:
+def _stage_hashed(e: Entry, meta: Meta, parts: Parts) -> tuple[Step, list[str]]:
     _check_kind(e, "hashed")
     k = int(meta["num_buckets"])
     values = _part(parts, "values", (k,))
@@ -248,7 +251,7 @@ def _stage_hashed(e: Entry, meta: dict, parts: dict[str, Tensor]) -> tuple[Step,
 
         def step() -> None:
             s.install(meta, *tables)
-            copy_into(s.values, values)
+            copy_into(cast(Tensor, s.values), values)
 
         return step, needed
     if meta.get("callable"):
@@ -276,14 +279,14 @@ def _stage_hashed(e: Entry, meta: dict, parts: dict[str, Tensor]) -> tuple[Step,
     return restructure(e, structure, True, [values]), needed
 
 
-def _stage_symmetric(e: Entry, meta: dict, parts: dict[str, Tensor]) -> tuple[Step, list[str]]:
+def _stage_symmetric(e: Entry, meta: Meta, parts: Parts) -> tuple[Step, list[str]]:
     _check_kind(e, "symmetric")
     structure = Symmetry(meta["symmetry"], e.shape, device=_device(e), **meta["kind_kwargs"])
     free = _part(parts, "free", (structure.num_free,))
     return restructure(e, structure, True, [free]), ["free"]
 
 
-def _stage_factorized(e: Entry, meta: dict, parts: dict[str, Tensor]) -> tuple[Step, list[str]]:
+def _stage_factorized(e: Entry, meta: Meta, parts: Parts) -> tuple[Step, list[str]]:
     _check_kind(e, "factorized")
     structure = Factorization(int(meta["depth"]))
     names = [f"factor{d}" for d in range(structure.depth)]
@@ -291,7 +294,7 @@ def _stage_factorized(e: Entry, meta: dict, parts: dict[str, Tensor]) -> tuple[S
     return restructure(e, structure, False, factors), names
 
 
-def _stage_sparse(e: Entry, meta: dict, parts: dict[str, Tensor]) -> tuple[Step, list[str]]:
+def _stage_sparse(e: Entry, meta: Meta, parts: Parts) -> tuple[Step, list[str]]:
     _check_kind(e, "sparse")
     layout = {**meta, **{p: t for p, t in parts.items() if p != "values"}}
     positions, labels, k = from_layout(layout, e.shape, _device(e))
@@ -301,7 +304,7 @@ def _stage_sparse(e: Entry, meta: dict, parts: dict[str, Tensor]) -> tuple[Step,
     return restructure(e, structure, True, [values]), needed + ([] if k is None else ["labels"])
 
 
-_STAGERS: dict[str, Callable[[Entry, dict, dict[str, Tensor]], tuple[Step, list[str]]]] = {
+_STAGERS: dict[str, Callable[[Entry, Meta, Parts], tuple[Step, list[str]]]] = {
     "dense": _stage_dense,
     "tied": _stage_tied,
     "hashed": _stage_hashed,

@@ -10,10 +10,10 @@ import json
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["Storage", "TensorStorage", "main", "storage"]
 
@@ -100,7 +100,7 @@ class Storage:
         return "\n".join(lines)
 
 
-def storage(source: nn.Module | str | os.PathLike) -> Storage:
+def storage(source: nn.Module | str | os.PathLike[str]) -> Storage:
     """The bytes of every tensor of a model (or of a file written by ``ws.save``).
 
     For a model, the file bytes are those ``ws.save`` would write (the model is serialized in
@@ -147,10 +147,10 @@ def storage(source: nn.Module | str | os.PathLike) -> Storage:
     return Storage(rows, size - sum(r.file_bytes for r in rows))
 
 
-def _resident(tensors: Sequence | object) -> int:
+def _resident(tensors: Iterable[Tensor]) -> int:
     seen: set[int] = set()
     total = 0
-    for t in tensors:  # type: ignore[union-attr]
+    for t in tensors:
         ptr = t.untyped_storage().data_ptr()
         if ptr not in seen:
             seen.add(ptr)

@@ -21,6 +21,7 @@ from ._factorization import Factorization
 from ._hash_recipe import HashTables
 from ._hashed_layers import Hashed, _HashedWeight
 from ._packing import bit_width, pack_bits
+from ._parametrized import original, parametrizations_of
 from ._sparse import Sparse
 from ._symmetry import Symmetry
 from ._tie import Tied
@@ -63,7 +64,7 @@ class Entry:
         if isinstance(s, Symmetry | Sparse):
             return tuple(s.shape)
         if isinstance(s, Factorization):
-            return tuple(self.owner.parametrizations[self.attr].original0.shape)
+            return tuple(original(self.owner, self.attr, 0).shape)
         return tuple(getattr(self.owner, self.attr).shape)
 
     @property
@@ -78,7 +79,7 @@ class Entry:
         if isinstance(s, _HashedWeight):
             out = {"values": s.values, "index": s.index}
             return out if s.sign is None else {**out, "sign": s.sign}
-        plist = self.owner.parametrizations[self.attr]
+        plist = parametrizations_of(self.owner, self.attr)
         out = {name: t for name, t in plist.named_parameters(recurse=False)}
         assert s is not None
         out.update({f"buffer.{n}": b for n, b in s.named_buffers() if b is not None})
@@ -89,8 +90,12 @@ class Entry:
         if isinstance(s, _HashedWeight):
             return s.values.dtype
         if self.kind == "dense":
-            return getattr(self.owner, self.attr).dtype
-        return next(iter(self.owner.parametrizations[self.attr].parameters())).dtype
+            dense: Tensor = getattr(self.owner, self.attr)
+            return dense.dtype
+        dtype: torch.dtype = next(
+            iter(parametrizations_of(self.owner, self.attr).parameters())
+        ).dtype
+        return dtype
 
     def record(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
         """``(meta, tensors)``: the JSON description and the tensors a file stores (STORE-3)."""
@@ -119,10 +124,9 @@ class Entry:
             meta.update(symmetry=s.kind, kind_kwargs=dict(s.kind_kwargs), num_free=s.num_free)
             return meta, {"free": self._original().detach()}
         if isinstance(s, Factorization):
-            plist = self.owner.parametrizations[self.attr]
             meta.update(depth=s.depth)
             return meta, {
-                f"factor{d}": getattr(plist, f"original{d}").detach() for d in range(s.depth)
+                f"factor{d}": original(self.owner, self.attr, d).detach() for d in range(s.depth)
             }
         assert isinstance(s, Sparse)
         layout = s.layout()
@@ -131,7 +135,7 @@ class Entry:
         return meta, {"values": self._original().detach(), **tensors}
 
     def _original(self) -> Tensor:
-        return self.owner.parametrizations[self.attr].original
+        return original(self.owner, self.attr)
 
 
 def _join(prefix: str, name: str) -> str:
@@ -176,7 +180,9 @@ def entries(module: nn.Module) -> list[Entry]:
     return out
 
 
-def _parametrized(name: str, owner: nn.Module, attr: str, plist: nn.Module) -> Entry:
+def _parametrized(
+    name: str, owner: nn.Module, attr: str, plist: parametrize.ParametrizationList
+) -> Entry:
     kinds = [_PARAMETRIZATIONS.get(type(p)) for p in plist]
     if len(kinds) == 1 and kinds[0] is not None:
         return Entry(name, owner, attr, kinds[0], plist[0])
@@ -206,12 +212,12 @@ def restructure(e: Entry, structure: nn.Module, unsafe: bool, values: list[Tenso
         with torch.no_grad():
             getattr(e.owner, e.attr).zero_()  # right_inverse of zeros cannot fail
         parametrize.register_parametrization(e.owner, e.attr, structure, unsafe=unsafe)
-        plist = e.owner.parametrizations[e.attr]
+        plist = parametrizations_of(e.owner, e.attr)
         single = hasattr(plist, "original")  # else a tuple-valued right_inverse: original0..
         originals = (
-            [plist.original]
+            [original(e.owner, e.attr)]
             if single
-            else [getattr(plist, f"original{d}") for d in range(len(values))]
+            else [original(e.owner, e.attr, d) for d in range(len(values))]
         )
         for dst, src in zip(originals, values, strict=True):
             copy_into(dst, src)

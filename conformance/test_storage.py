@@ -668,7 +668,10 @@ def test_compress_errors_change_nothing() -> None:
         model[1].weight[0, 0] = float("nan")
         model[1].bias[1] = float("inf")
     before = _snapshot(model)
-    with pytest.raises(ValueError, match=r"'1.weight' \(shape \(2, 3\): 1 NaN/inf\), '1.bias'"):
+    with pytest.raises(
+        ValueError,
+        match=r"'1.weight' of shape \(2, 3\) has 1 non-finite value\(s\) \(NaN or inf\); '1.bias'",
+    ):
         ws.compress(model)
     assert _snapshot(model)[0] == before[0]
     for k, v in before[1].items():

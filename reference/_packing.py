@@ -86,4 +86,5 @@ def unpack_bits(data: np.ndarray, bits: int, count: int) -> np.ndarray:
     if d.size != want:
         raise ValueError(f"data has {d.size} bytes; {n} labels of {b} bits take {want} bytes")
     stream = np.unpackbits(d, bitorder="little")[: n * b].reshape(n, b).astype(np.int64)
-    return (stream << np.arange(b, dtype=np.int64)).sum(axis=1, dtype=np.int64)
+    labels: np.ndarray = (stream << np.arange(b, dtype=np.int64)).sum(axis=1, dtype=np.int64)
+    return labels

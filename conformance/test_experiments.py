@@ -20,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conformance.offline import unrendered_math, unrendered_math_in
-from experiments import EXPERIMENTS, data, metrics
-from experiments._common import MissingDependencyError, require
+from experiments import EXPERIMENTS, data, metrics, protocol
+from experiments._common import Context, MissingDependencyError, require
 from experiments.cli import main, run_experiment
 from experiments.models import CNN1D, LocalCNN, Net2CNN, conv1d_as_matrix, conv_as_matrix
 
@@ -454,3 +454,52 @@ def test_unrendered_math_is_found_outside_math_and_code(tmp_path: Path) -> None:
     (tmp_path / "page" / "index.html").write_text(bug, encoding="utf-8")
     found = unrendered_math(tmp_path)
     assert any("page/index.html" in line and "): $" in line for line in found)
+
+
+@pytest.mark.req("EXP-7")
+def test_paired_interval_and_verdict_rule_on_known_values() -> None:
+    # d = 1..5: mean 3, sd sqrt(2.5), t(0.975, 4) = 2.7764451; half-width 1.9632432
+    p = protocol.paired([1.0, 2.0, 3.0, 4.0, 5.0], [0.0] * 5)
+    assert p["n"] == 5 and p["mean"] == pytest.approx(3.0)
+    assert p["std"] == pytest.approx(math.sqrt(2.5))
+    assert p["low"] == pytest.approx(1.0367568, abs=1e-6)
+    assert p["high"] == pytest.approx(4.9632432, abs=1e-6)
+    assert protocol.verdict(p, ">") == "reproduced"
+    assert protocol.verdict(p, "<") == "not reproduced"
+    # paired, not pooled: a constant offset of 0.5 over noisy pairs is an exact interval
+    q = protocol.paired([0.8, 0.3, 0.9], [0.3, -0.2, 0.4])
+    assert q["low"] == pytest.approx(0.5) and q["high"] == pytest.approx(0.5)
+    # an interval that holds 0 is inconclusive, whatever its mean
+    r = protocol.paired([1.0, -1.0, 2.0], [0.0, 0.0, 0.0])
+    assert r["low"] < 0 < r["high"] and protocol.verdict(r, ">") == "inconclusive"
+    # t(0.975, 2) = 4.3026527: mean 2/3, sd 1.5275252, half-width 3.7945
+    assert r["high"] - r["mean"] == pytest.approx(4.3026527 * 1.5275252 / math.sqrt(3), 1e-6)
+    one = protocol.paired([0.9], [0.1])
+    assert math.isnan(one["low"]) and protocol.verdict(one) == "inconclusive"
+    c = protocol.claim("x beats y", "x", "y", [0.91, 0.92, 0.93], [0.895, 0.90, 0.905])
+    assert c["paired"]["mean"] == pytest.approx(2.0) and c["verdict"] == "reproduced"
+    with pytest.raises(ValueError, match="as many"):
+        protocol.paired([1.0], [1.0, 2.0])
+
+
+@pytest.mark.req("EXP-7")
+def test_tuning_takes_the_mean_over_seeds_and_ties_go_to_the_stronger() -> None:
+    # seed 0 alone prefers 0.1; the mean over three seeds prefers 0.3
+    val = {(0.1, 0): 0.9, (0.1, 1): 0.5, (0.1, 2): 0.5, (0.3, 0): 0.8, (0.3, 1): 0.7}
+    val[(0.3, 2)] = 0.7
+    val.update({(1.0, s): v for s, v in enumerate((0.7, 0.8, 0.7))})  # ties 0.3's mean
+    calls = []
+
+    def train(arm, value, seed):
+        calls.append((arm, value, seed))
+        return {"val_acc": val[(value, seed)]}
+
+    ctx = Context("t", "smoke", Path("."), torch.device("cpu"), 5, progress=False)
+    runs = protocol.Runs(train, ctx)
+    grid = {"a": [0.1, 0.3, 1.0]}
+    assert protocol.tune(runs, grid, [0], "t") == {"a": 0.1}
+    assert protocol.tune(runs, grid, [0, 1, 2], "t") == {"a": 1.0}  # tie: the stronger
+    assert protocol.tune(runs, grid, [0, 1, 2], "t", tie="smaller") == {"a": 0.3}
+    assert len(calls) == 9  # every (arm, value, seed) trained once
+    record = protocol.grid_record(runs, grid, [0, 1, 2])
+    assert record[0]["val_mean"] == pytest.approx(19 / 30) and len(record) == 3

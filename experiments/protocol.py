@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._common import Context, progress, require
+from ._common import Context, markdown_table, progress, require
 
 Train = Callable[[Any, Any, int], dict[str, Any]]  # (arm, value, seed) -> result with "val_acc"
 
@@ -141,3 +141,124 @@ def attach_strengths(
         if lam is not None:
             group["wsr_lam"] = lam
     return handle
+
+
+# --- the verdict rule ---------------------------------------------------------------------------
+
+#: the rule every page states before its numbers
+VERDICT_RULE = (
+    "For each claim, the difference method − control is taken per seed (both trained on the same "
+    "seed: same split, initialisation and batch order), and its mean and two-sided 95 % "
+    "t-interval over the seeds are reported. The claim is *reproduced* when the interval "
+    "excludes 0 in the claimed direction, *not reproduced* when it excludes 0 in the other "
+    "direction, and *inconclusive* otherwise."
+)
+
+
+def paired(method: Sequence[float], control: Sequence[float], level: float = 0.95) -> dict:
+    """Mean of the per-seed differences ``method[i] - control[i]`` and its two-sided t-interval.
+
+    ``std`` is the sample standard deviation (ddof = 1) of the differences; with fewer than two
+    seeds the interval is undefined (NaN, so ``null`` in ``summary.json``).
+    """
+    from scipy.stats import t as student_t
+
+    if len(method) != len(control):
+        raise ValueError(
+            f"paired needs as many values per side, got {len(method)} and {len(control)}"
+        )
+    d = np.asarray(method, dtype=np.float64) - np.asarray(control, dtype=np.float64)
+    n = len(d)
+    mean = float(d.mean()) if n else float("nan")
+    if n < 2:
+        std = low = high = float("nan")
+    else:
+        std = float(d.std(ddof=1))
+        half = float(student_t.ppf(0.5 + level / 2, n - 1)) * std / np.sqrt(n)
+        low, high = float(mean - half), float(mean + half)
+    return {
+        "n": n,
+        "mean": mean,
+        "std": std,
+        "low": low,
+        "high": high,
+        "level": level,
+        "differences": [float(v) for v in d],
+    }
+
+
+def verdict(interval: Mapping[str, float], direction: str = ">") -> str:
+    """*reproduced* / *not reproduced* / *inconclusive* for the claim ``method <direction>
+    control`` (``">"`` or ``"<"``) from a :func:`paired` interval (see :data:`VERDICT_RULE`)."""
+    if direction not in (">", "<"):
+        raise ValueError(f"direction must be '>' or '<', got {direction!r}")
+    low, high = interval["low"], interval["high"]
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "inconclusive"
+    above, below = low > 0, high < 0
+    if (above and direction == ">") or (below and direction == "<"):
+        return "reproduced"
+    if above or below:
+        return "not reproduced"
+    return "inconclusive"
+
+
+def claim(
+    text: str,
+    method: str,
+    control: str,
+    method_values: Sequence[float],
+    control_values: Sequence[float],
+    direction: str = ">",
+    scale: float = 100.0,
+) -> dict[str, Any]:
+    """One claim of a page: the paired interval (in units of ``scale``, percentage points for
+    accuracies) and its verdict."""
+    interval = paired([scale * v for v in method_values], [scale * v for v in control_values])
+    return {
+        "claim": text,
+        "method": method,
+        "control": control,
+        "direction": direction,
+        "paired": interval,
+        "verdict": verdict(interval, direction),
+    }
+
+
+def grid_record(runs: Runs, grids: Mapping[Any, Sequence[Any]], seeds: Sequence[int]) -> list:
+    """Every tuning point: the arm, the value, and the validation accuracy per tuning seed with
+    its mean and std (ddof = 0), for ``summary.json``."""
+    out = []
+    for arm, grid in grids.items():
+        for v in grid:
+            vals = [runs(arm, v, s)["val_acc"] for s in seeds]
+            out.append(
+                {
+                    "arm": list(arm) if isinstance(arm, tuple) else arm,
+                    "value": list(v) if isinstance(v, tuple) else v,
+                    "val_mean": float(np.mean(vals)),
+                    "val_std": float(np.std(vals)),
+                    "val": vals,
+                }
+            )
+    return out
+
+
+def claims_table(claims: Sequence[Mapping[str, Any]], unit: str = "points") -> str:
+    """The paired table of a page: claim, comparison, mean difference, 95 % interval, verdict."""
+    rows = []
+    for c in claims:
+        p = c["paired"]
+        ci = "–" if not np.isfinite(p["low"]) else f"[{p['low']:+.2f}, {p['high']:+.2f}]"
+        rows.append(
+            [
+                c["claim"],
+                f"`{c['method']}` {c['direction']} `{c['control']}`",
+                p["n"],
+                f"{p['mean']:+.2f}",
+                ci,
+                f"**{c['verdict']}**",
+            ]
+        )
+    header = ["claim", "comparison", "seeds", f"mean difference ({unit})", "95 % interval"]
+    return markdown_table([*header, "verdict"], rows)

@@ -503,3 +503,31 @@ def test_tuning_takes_the_mean_over_seeds_and_ties_go_to_the_stronger() -> None:
     assert len(calls) == 9  # every (arm, value, seed) trained once
     record = protocol.grid_record(runs, grid, [0, 1, 2])
     assert record[0]["val_mean"] == pytest.approx(19 / 30) and len(record) == 3
+
+
+def _check_protocol(summary: dict) -> None:
+    """EXP-7: the tuning seeds, the grid with every tuning mean and std, the paired claims."""
+    assert summary["tuning_seeds"] >= 2 and summary["seeds"] >= 2
+    for point in summary["grid"]:
+        assert len(point["val"]) == summary["tuning_seeds"]
+        assert point["val_mean"] == pytest.approx(float(np.mean(point["val"])))
+        assert point["val_std"] == pytest.approx(float(np.std(point["val"])))
+    assert summary["claims"]
+    for c in summary["claims"]:
+        p = c["paired"]
+        assert p["n"] == summary["seeds"] == len(p["differences"])
+        assert p["low"] <= p["mean"] <= p["high"]
+        assert c["verdict"] == protocol.verdict(p, c["direction"])
+
+
+@pytest.mark.req("EXP-7", "EXP-13")
+def test_shuffled_pixels_on_the_mnist5k_torus(tmp_path: Path) -> None:
+    summary = _smoke("shuffled-pixels", tmp_path, "--dataset", "mnist5k-torus")
+    assert summary["dataset"] == "mnist5k-torus"
+    _check_shuffled_schema(summary)
+    _check_protocol(summary)
+    assert summary["split_sizes"] == {"train": 4 * 3600, "val": 400, "test": 1000}
+    # the circular CNN's first layer is explained exactly by its alpha1 shifted kernels
+    assert summary["models"]["cnn"]["sharing"] == pytest.approx(1.0)
+    assert 0.0 <= summary["models"]["fc_wsr"]["sharing"] < 1.0
+    assert {c["control"] for c in summary["claims"]} == {"fc", "fc_l1", "cnn"}

@@ -531,3 +531,21 @@ def test_shuffled_pixels_on_the_mnist5k_torus(tmp_path: Path) -> None:
     assert summary["models"]["cnn"]["sharing"] == pytest.approx(1.0)
     assert 0.0 <= summary["models"]["fc_wsr"]["sharing"] < 1.0
     assert {c["control"] for c in summary["claims"]} == {"fc", "fc_l1", "cnn"}
+
+
+@pytest.mark.req("EXP-7", "EXP-41")
+def test_factorization_on_mnist5k_with_the_protocol(tmp_path: Path) -> None:
+    summary = _smoke("factorization", tmp_path, "--dataset", "mnist5k")
+    assert summary["dataset"] == "mnist5k"
+    assert summary["split_sizes"] == {"train": 3600, "val": 400, "test": 1000}
+    _check_protocol(summary)
+    methods = {r["method"] for r in summary["pruning_runs"]}
+    assert methods == {
+        "magnitude pruning",
+        "magnitude pruning + fine-tuning",
+        "random pruning at init",
+        "SNIP at init",
+    }
+    for run in summary["pruning_runs"]:
+        assert run["cr"] == pytest.approx(run["target"], rel=0.01)
+    assert all(0.0 <= r["test_acc"] <= 1.0 for r in summary["dwf_runs"])

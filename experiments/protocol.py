@@ -255,7 +255,7 @@ def claims_table(claims: Sequence[Mapping[str, Any]], unit: str = "points") -> s
                 c["claim"],
                 f"`{c['method']}` {c['direction']} `{c['control']}`",
                 p["n"],
-                f"{p['mean']:+.2f}",
+                f"{p['mean']:+.2f}" if p["n"] else "–",
                 ci,
                 f"**{c['verdict']}**",
             ]

@@ -549,3 +549,16 @@ def test_factorization_on_mnist5k_with_the_protocol(tmp_path: Path) -> None:
     for run in summary["pruning_runs"]:
         assert run["cr"] == pytest.approx(run["target"], rel=0.01)
     assert all(0.0 <= r["test_acc"] <= 1.0 for r in summary["dwf_runs"])
+
+
+@pytest.mark.req("EXP-7", "EXP-20")
+def test_arbnets_on_mnist5k_with_the_protocol(tmp_path: Path) -> None:
+    summary = _smoke("arbnets", tmp_path, "--dataset", "mnist5k")
+    assert summary["dataset"] == "mnist5k"
+    _check_protocol(summary)
+    assert len(summary["settings"]) == len(summary["config"]["settings"]) >= 2
+    for setting in summary["settings"]:
+        v = setting["variants"]
+        assert v["uniform"]["free_parameters"] < v["dense, uncompressed"]["free_parameters"]
+        assert len(setting["claims"]) == 3
+        assert v["neighborhood r=0"]["entropy"]["mean"] == pytest.approx(1.0, abs=0.02)

@@ -27,6 +27,7 @@ from ._wsr import (
     REGULARISED,
     SETTINGS,
     accuracy_series,
+    claims,
     layer_stats,
     model_entry,
     regulariser_hook,
@@ -292,7 +293,8 @@ def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
     )
 
     summary = _summarise(ctx, cfg, split, chosen, final, runs, image_shape, setup)
-    summary.update(tuning_seeds=len(tuning_seeds), grid=record, claims=_claims(final, setup))
+    score = "sharing" if setup.templates else "conv_likeness"
+    summary.update(tuning_seeds=len(tuning_seeds), grid=record, claims=claims(final, score))
     table = _table(summary)
     figures = _figures(ctx, final, runs, image_shape, summary)
     write_results(ctx, summary, table)
@@ -332,36 +334,6 @@ def _summarise(ctx, cfg, split, chosen, final, runs, image_shape, setup) -> dict
         "random_conv_likeness": metrics.random_locality(image_shape, setup.window, setup.circular),
         "tuning": tuning,
     }
-
-
-def _claims(final: dict[tuple[str, str], list[dict[str, Any]]], setup: Setup) -> list[dict]:
-    """The paired comparisons of the WSR claims (test accuracy in points; scores x 100)."""
-
-    def of(m: str, s: str, key: str = "test_acc") -> list[float]:
-        return [r[key] for r in final[(m, s)]]
-
-    out = []
-    for s in SETTINGS:
-        for control in ("fc", "fc_l1"):
-            text = f"FC+WSR beats {'FC' if control == 'fc' else 'the l1 control'} ({s})"
-            out.append(protocol.claim(text, "fc_wsr", control, of("fc_wsr", s), of(control, s)))
-    text = "FC+WSR beats the CNN on shuffled pixels"
-    out.append(
-        protocol.claim(text, "fc_wsr", "cnn", of("fc_wsr", "shuffled"), of("cnn", "shuffled"))
-    )
-    key = "sharing" if setup.templates else "conv_likeness"
-    what = "circulant-like (shift-sharing x 100)" if setup.templates else "local (locality x 100)"
-    for control in ("fc", "fc_l1"):
-        out.append(
-            protocol.claim(
-                f"the first layer of FC+WSR is more {what} than {control}'s (original)",
-                "fc_wsr",
-                control,
-                of("fc_wsr", "original", key),
-                of(control, "original", key),
-            )
-        )
-    return out
 
 
 def _table(summary: dict[str, Any]) -> str:

@@ -193,14 +193,7 @@ def _setting(
 def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
     wsnn = require("weightshare.nn", "HashedLinear", experiment=ctx.name)
     split = datasets.load(ctx.dataset, ctx.data_dir).to(ctx.device)
-    splits = {0: split}
-
-    def data(seed: int) -> datasets.Split:
-        """The seed's split: mnist5k carves its validation slice by seed, the others have one."""
-        key = seed if ctx.dataset == "mnist5k" else 0
-        if key not in splits:
-            splits[key] = datasets.load(ctx.dataset, None, key).to(ctx.device)
-        return splits[key]
+    data = protocol.split_by_seed(ctx, split, ("mnist5k",))  # mnist5k: validation by seed
 
     if cfg.get("tuning_seeds"):  # the protocol of EXP-7 (mnist5k)
         return _protocol_run(ctx, cfg, wsnn, data)

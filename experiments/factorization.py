@@ -134,14 +134,7 @@ def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
         experiment=ctx.name,
     )
     split = datasets.load(ctx.dataset, ctx.data_dir).to(ctx.device)
-    splits = {0: split}
-
-    def data(seed: int) -> datasets.Split:
-        """The seed's split: mnist5k carves its validation slice by seed, the others have one."""
-        key = seed if ctx.dataset == "mnist5k" else 0
-        if key not in splits:
-            splits[key] = datasets.load(ctx.dataset, None, key).to(ctx.device)
-        return splits[key]
+    data = protocol.split_by_seed(ctx, split, ("mnist5k",))  # mnist5k: validation by seed
 
     c, h, w = split.image_shape
     n_in = c * h * w

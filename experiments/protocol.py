@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ._common import Context, markdown_table, progress, require
+from .data import Split, load
 
 Train = Callable[[Any, Any, int], dict[str, Any]]  # (arm, value, seed) -> result with "val_acc"
 
@@ -73,6 +74,37 @@ class Runs:
 def _score(values: Iterable[float]) -> float:
     # rounded, so that equal accuracies summed in another order still tie
     return round(float(np.mean(list(values))), 10)
+
+
+def split_by_seed(ctx: Context, first: Split, seeded: Sequence[str]) -> Callable[[int], Split]:
+    """``data(seed)``: the seed's own split (its validation slice) for the data sets in
+    ``seeded`` (``mnist5k``: EXP-6), the one split ``first`` (seed 0) for the others."""
+    splits = {0: first}
+
+    def data(seed: int) -> Split:
+        key = seed if ctx.dataset in seeded else 0
+        if key not in splits:
+            splits[key] = load(ctx.dataset, None, key).to(ctx.device)
+        return splits[key]
+
+    return data
+
+
+def grid_table(grid: Sequence[Mapping[str, Any]], tuning_seeds: int, value: str) -> str:
+    """The tuning grid of a ``(model, setting)`` experiment: validation mean ± std per value."""
+    rows = [
+        [
+            f"`{g['arm'][0]}`",
+            g["arm"][1],
+            ", ".join(f"{v:g}" for v in np.atleast_1d(g["value"])),
+            f"{100 * g['val_mean']:.1f} ± {100 * g['val_std']:.1f}",
+        ]
+        for g in grid
+    ]
+    return (
+        f"\nTuning grid (validation accuracy, mean ± std over {tuning_seeds} tuning seeds):\n\n"
+        + markdown_table(["model", "setting", value, "val (%)"], rows)
+    )
 
 
 def choose(grid: Sequence[Any], score: Callable[[Any], float], tie: str = "larger") -> Any:

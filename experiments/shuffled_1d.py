@@ -351,19 +351,7 @@ def _table(summary: dict[str, Any]) -> str:
             "only):\n\n" + markdown_table(sweep_header, sweep)
         )
     if summary["tuning_seeds"] > 1 and summary["grid"]:
-        grid = [
-            [
-                f"`{g['arm'][0]}`",
-                g["arm"][1],
-                f"{g['value']:g}",
-                f"{100 * g['val_mean']:.1f} ± {100 * g['val_std']:.1f}",
-            ]
-            for g in summary["grid"]
-        ]
-        out += (
-            f"\nTuning grid (validation accuracy, mean ± std over {summary['tuning_seeds']} "
-            "tuning seeds):\n\n" + markdown_table(["model", "setting", "strength", "val (%)"], grid)
-        )
+        out += protocol.grid_table(summary["grid"], summary["tuning_seeds"], "strength")
     return out + (
         f"\nPaired comparisons over {summary['seeds']} seed(s):\n\n"
         + protocol.claims_table(summary["claims"])

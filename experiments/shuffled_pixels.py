@@ -255,15 +255,17 @@ def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
     image_shape = split.image_shape
     perm = datasets.pixel_permutation(image_shape, PERMUTATION_SEED)
     setup = _setup(ctx.dataset, image_shape, cfg)
-    cache: dict[int, dict[str, datasets.Split]] = {}
+    # mnist5k*: each seed carves its own validation slice; the others have one split
+    by_seed = protocol.split_by_seed(ctx, split, SEEDED_SPLITS)
+    shuffled: dict[int, datasets.Split] = {}
 
     def data(setting: str, seed: int) -> datasets.Split:
-        # mnist5k*: each seed carves its own validation slice; the others have one split
-        key = seed if ctx.dataset in SEEDED_SPLITS else 0
-        if key not in cache:
-            base = split if key == 0 else datasets.load(ctx.dataset, None, key).to(ctx.device)
-            cache[key] = {"original": base, "shuffled": datasets.permute_pixels(base, perm)}
-        return cache[key][setting]
+        base = by_seed(seed)
+        if setting == "original":
+            return base
+        if id(base) not in shuffled:
+            shuffled[id(base)] = datasets.permute_pixels(base, perm)
+        return shuffled[id(base)]
 
     def go(arm: tuple[str, str], value: tuple[float, float], seed: int) -> dict[str, Any]:
         (model, setting), (lr, lam) = arm, value
@@ -397,20 +399,9 @@ def _table(summary: dict[str, Any]) -> str:
     ]
     out = markdown_table(header, rows) + note
     if summary["tuning_seeds"] > 1:
-        grid = [
-            [
-                f"`{g['arm'][0]}`",
-                g["arm"][1],
-                f"lr {g['value'][0]:g}, strength {g['value'][1]:g}",
-                f"{100 * g['val_mean']:.1f} ± {100 * g['val_std']:.1f}",
-            ]
-            for g in summary["grid"]
-        ]
-        n = summary["tuning_seeds"]
         return (
             out
-            + f"\nTuning grid (validation accuracy, mean ± std over {n} tuning seeds):\n\n"
-            + markdown_table(["model", "setting", "value", "val (%)"], grid)
+            + protocol.grid_table(summary["grid"], summary["tuning_seeds"], "lr, strength")
             + f"\nPaired comparisons over {summary['seeds']} seeds:\n\n"
             + protocol.claims_table(summary["claims"])
         )

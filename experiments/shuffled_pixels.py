@@ -94,11 +94,11 @@ OFFICIAL: dict[str, dict[str, dict[str, Any]]] = {
         full={
             "seeds": 5,
             "tuning_seeds": 3,
-            "epochs": 10,
+            "epochs": 8,
             "batch_size": 128,
             "lam_grid": [1e-3, 1e-2],
-            "alpha1": 4,
-            "alpha2": 8,
+            "alpha1": 2,
+            "alpha2": 4,
         },
         quick={
             "seeds": 2,
@@ -241,7 +241,12 @@ def config_for(preset: str, dataset: str) -> dict[str, Any]:
         return dict(shuffled_1d.CONFIGS[preset])
     if dataset in OFFICIAL:
         # the official scripts have no l1-only control; ours uses mu = 1e-3 there
-        return {**CONFIGS[preset], "l1_grid": [1e-3], **OFFICIAL[dataset][preset]}
+        return {
+            **CONFIGS[preset],
+            "l1_grid": [1e-3],
+            **OFFICIAL[dataset][preset],
+            "dataset": dataset,
+        }
     return dict(CONFIGS[preset])
 
 

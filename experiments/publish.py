@@ -59,7 +59,7 @@ def claims_index() -> str:
                     f"{p['n']} (tuning {summary['tuning_seeds']})",
                     mean,
                     ci,
-                    f"**{c['verdict']}**",
+                    f"**{c['verdict']}**" + (f" ({c['note']})" if c.get("note") else ""),
                 ]
             )
     header = ["claim", "data", "seeds", "mean difference (points)", "95 % interval", "verdict"]

@@ -20,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conformance.offline import unrendered_math, unrendered_math_in
-from experiments import EXPERIMENTS, data, metrics
-from experiments._common import MissingDependencyError, require
+from experiments import EXPERIMENTS, data, metrics, protocol
+from experiments._common import Context, MissingDependencyError, require
 from experiments.cli import main, run_experiment
 from experiments.models import CNN1D, LocalCNN, Net2CNN, conv1d_as_matrix, conv_as_matrix
 
@@ -475,3 +475,111 @@ def test_compression_summary_schema(smoke_runs) -> None:
     verdict = summary["verdict"]
     assert verdict["loss_points"] == 0.5 and verdict["goal_ratio"] == 40.0
     assert isinstance(verdict["goal_met"], bool) and verdict["text"]
+
+
+@pytest.mark.req("EXP-7")
+def test_paired_interval_and_verdict_rule_on_known_values() -> None:
+    # d = 1..5: mean 3, sd sqrt(2.5), t(0.975, 4) = 2.7764451; half-width 1.9632432
+    p = protocol.paired([1.0, 2.0, 3.0, 4.0, 5.0], [0.0] * 5)
+    assert p["n"] == 5 and p["mean"] == pytest.approx(3.0)
+    assert p["std"] == pytest.approx(math.sqrt(2.5))
+    assert p["low"] == pytest.approx(1.0367568, abs=1e-6)
+    assert p["high"] == pytest.approx(4.9632432, abs=1e-6)
+    assert protocol.verdict(p, ">") == "reproduced"
+    assert protocol.verdict(p, "<") == "not reproduced"
+    # paired, not pooled: a constant offset of 0.5 over noisy pairs is an exact interval
+    q = protocol.paired([0.8, 0.3, 0.9], [0.3, -0.2, 0.4])
+    assert q["low"] == pytest.approx(0.5) and q["high"] == pytest.approx(0.5)
+    # an interval that holds 0 is inconclusive, whatever its mean
+    r = protocol.paired([1.0, -1.0, 2.0], [0.0, 0.0, 0.0])
+    assert r["low"] < 0 < r["high"] and protocol.verdict(r, ">") == "inconclusive"
+    # t(0.975, 2) = 4.3026527: mean 2/3, sd 1.5275252, half-width 3.7945
+    assert r["high"] - r["mean"] == pytest.approx(4.3026527 * 1.5275252 / math.sqrt(3), 1e-6)
+    one = protocol.paired([0.9], [0.1])
+    assert math.isnan(one["low"]) and protocol.verdict(one) == "inconclusive"
+    c = protocol.claim("x beats y", "x", "y", [0.91, 0.92, 0.93], [0.895, 0.90, 0.905])
+    assert c["paired"]["mean"] == pytest.approx(2.0) and c["verdict"] == "reproduced"
+    with pytest.raises(ValueError, match="as many"):
+        protocol.paired([1.0], [1.0, 2.0])
+
+
+@pytest.mark.req("EXP-7")
+def test_tuning_takes_the_mean_over_seeds_and_ties_go_to_the_stronger() -> None:
+    # seed 0 alone prefers 0.1; the mean over three seeds prefers 0.3
+    val = {(0.1, 0): 0.9, (0.1, 1): 0.5, (0.1, 2): 0.5, (0.3, 0): 0.8, (0.3, 1): 0.7}
+    val[(0.3, 2)] = 0.7
+    val.update({(1.0, s): v for s, v in enumerate((0.7, 0.8, 0.7))})  # ties 0.3's mean
+    calls = []
+
+    def train(arm, value, seed):
+        calls.append((arm, value, seed))
+        return {"val_acc": val[(value, seed)]}
+
+    ctx = Context("t", "smoke", Path("."), torch.device("cpu"), 5, progress=False)
+    runs = protocol.Runs(train, ctx)
+    grid = {"a": [0.1, 0.3, 1.0]}
+    assert protocol.tune(runs, grid, [0], "t") == {"a": 0.1}
+    assert protocol.tune(runs, grid, [0, 1, 2], "t") == {"a": 1.0}  # tie: the stronger
+    assert protocol.tune(runs, grid, [0, 1, 2], "t", tie="smaller") == {"a": 0.3}
+    assert len(calls) == 9  # every (arm, value, seed) trained once
+    record = protocol.grid_record(runs, grid, [0, 1, 2])
+    assert record[0]["val_mean"] == pytest.approx(19 / 30) and len(record) == 3
+
+
+def _check_protocol(summary: dict) -> None:
+    """EXP-7: the tuning seeds, the grid with every tuning mean and std, the paired claims."""
+    assert summary["tuning_seeds"] >= 2 and summary["seeds"] >= 2
+    for point in summary["grid"]:
+        assert len(point["val"]) == summary["tuning_seeds"]
+        assert point["val_mean"] == pytest.approx(float(np.mean(point["val"])))
+        assert point["val_std"] == pytest.approx(float(np.std(point["val"])))
+    assert summary["claims"]
+    for c in summary["claims"]:
+        p = c["paired"]
+        assert p["n"] == summary["seeds"] == len(p["differences"])
+        assert p["low"] <= p["mean"] <= p["high"]
+        assert c["verdict"] == protocol.verdict(p, c["direction"])
+
+
+@pytest.mark.req("EXP-7", "EXP-13")
+def test_shuffled_pixels_on_the_mnist5k_torus(tmp_path: Path) -> None:
+    summary = _smoke("shuffled-pixels", tmp_path, "--dataset", "mnist5k-torus")
+    assert summary["dataset"] == "mnist5k-torus"
+    _check_shuffled_schema(summary)
+    _check_protocol(summary)
+    assert summary["split_sizes"] == {"train": 4 * 3600, "val": 400, "test": 1000}
+    # the circular CNN's first layer is explained exactly by its alpha1 shifted kernels
+    assert summary["models"]["cnn"]["sharing"] == pytest.approx(1.0)
+    assert 0.0 <= summary["models"]["fc_wsr"]["sharing"] < 1.0
+    assert {c["control"] for c in summary["claims"]} == {"fc", "fc_l1", "cnn"}
+
+
+@pytest.mark.req("EXP-7", "EXP-41")
+def test_factorization_on_mnist5k_with_the_protocol(tmp_path: Path) -> None:
+    summary = _smoke("factorization", tmp_path, "--dataset", "mnist5k")
+    assert summary["dataset"] == "mnist5k"
+    assert summary["split_sizes"] == {"train": 3600, "val": 400, "test": 1000}
+    _check_protocol(summary)
+    methods = {r["method"] for r in summary["pruning_runs"]}
+    assert methods == {
+        "magnitude pruning",
+        "magnitude pruning + fine-tuning",
+        "random pruning at init",
+        "SNIP at init",
+    }
+    for run in summary["pruning_runs"]:
+        assert run["cr"] == pytest.approx(run["target"], rel=0.01)
+    assert all(0.0 <= r["test_acc"] <= 1.0 for r in summary["dwf_runs"])
+
+
+@pytest.mark.req("EXP-7", "EXP-20")
+def test_arbnets_on_mnist5k_with_the_protocol(tmp_path: Path) -> None:
+    summary = _smoke("arbnets", tmp_path, "--dataset", "mnist5k")
+    assert summary["dataset"] == "mnist5k"
+    _check_protocol(summary)
+    assert len(summary["settings"]) == len(summary["config"]["settings"]) >= 2
+    for setting in summary["settings"]:
+        v = setting["variants"]
+        assert v["uniform"]["free_parameters"] < v["dense, uncompressed"]["free_parameters"]
+        assert len(setting["claims"]) == 3
+        assert v["neighborhood r=0"]["entropy"]["mean"] == pytest.approx(1.0, abs=0.02)

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from . import protocol
 from ._common import mean_std, public
 from .protocol import attach_strengths
 
@@ -58,3 +59,34 @@ def accuracy_series(summary: dict[str, Any]) -> dict[str, list[tuple[float, floa
         s: [(summary["models"][m][s]["mean"], summary["models"][m][s]["std"]) for m in MODELS]
         for s in SETTINGS
     }
+
+
+def claims(final: dict[tuple[str, str], list[dict[str, Any]]], score: str) -> list[dict]:
+    """The paired comparisons of the WSR claims: test accuracy in points, and the first layer's
+    ``score`` x 100 (``sharing`` where a shift-sharing score exists, else ``conv_likeness``)."""
+
+    def of(m: str, s: str, key: str = "test_acc") -> list[float]:
+        return [r[key] for r in final[(m, s)]]
+
+    out = []
+    for s in SETTINGS:
+        for control in ("fc", "fc_l1"):
+            text = f"FC+WSR beats {'FC' if control == 'fc' else 'the l1 control'} ({s})"
+            out.append(protocol.claim(text, "fc_wsr", control, of("fc_wsr", s), of(control, s)))
+    wsr, cnn = of("fc_wsr", "shuffled"), of("cnn", "shuffled")
+    out.append(protocol.claim("FC+WSR beats the CNN on shuffled pixels", "fc_wsr", "cnn", wsr, cnn))
+    what = {
+        "sharing": "shared across positions (shift-sharing x 100)",
+        "conv_likeness": "local (locality x 100)",
+    }[score]
+    for control in ("fc", "fc_l1"):
+        out.append(
+            protocol.claim(
+                f"the first layer of FC+WSR is more {what} than {control}'s (original)",
+                "fc_wsr",
+                control,
+                of("fc_wsr", "original", score),
+                of(control, "original", score),
+            )
+        )
+    return out

@@ -18,7 +18,7 @@ import torch
 from scipy.stats import spearmanr
 
 from . import data as datasets
-from . import plotting
+from . import plotting, protocol
 from ._common import Context, fmt, markdown_table, mean_std, require, write_results
 from .models import MLP, count_parameters
 from .protocol import Runs, over_seeds, presets, summary_header, tune
@@ -56,6 +56,38 @@ CONFIGS = presets(
 )
 
 
+#: the HashedNets MLPs on the 5,000 bundled digits, with the protocol of EXP-7
+MNIST5K = presets(
+    {"momentum": 0.9, "batch_size": 32, "alphas": [0.01, 0.1, 1.0], "radii": [0, 1024]},
+    full={
+        "seeds": 5,
+        "tuning_seeds": 3,
+        "epochs": 10,  # reduced to fit the shared 2-core machine: see the page
+        "lr_grid": [0.03, 0.1],
+        "settings": [[[1000], 1 / 8], [[1000], 1 / 64]],
+    },
+    quick={
+        "seeds": 2,
+        "tuning_seeds": 1,
+        "epochs": 5,
+        "lr_grid": [0.1],
+        "settings": [[[1000], 1 / 32]],
+    },
+    smoke={
+        "seeds": 2,
+        "tuning_seeds": 2,
+        "epochs": 1,
+        "batch_size": 128,
+        "lr_grid": [0.1],
+        "settings": [[[32], 1 / 8], [[16, 16], 1 / 32]],
+    },
+)
+
+
+def config_for(preset: str, dataset: str) -> dict[str, Any]:
+    return dict(MNIST5K[preset] if dataset == "mnist5k" else CONFIGS[preset])
+
+
 def _variants(cfg: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     """(label, hash, extra HashedLinear kwargs) for every hashed variant."""
     out = [("uniform", "uniform", {}), ("uniform+sign", "uniform", {"signed": True})]
@@ -75,12 +107,22 @@ def _equivalent_width(sizes: list[int], free: int) -> int:
     return h
 
 
-def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
-    wsnn = require("weightshare.nn", "HashedLinear", experiment=ctx.name)
-    split = datasets.load(ctx.dataset, ctx.data_dir).to(ctx.device)
+def _setting(
+    ctx: Context,
+    cfg: dict[str, Any],
+    wsnn: Any,
+    data: Any,
+    hidden: list[int],
+    compression: float,
+    tseeds: list[int],
+    tag: str = "",
+) -> dict[str, Any]:
+    """Every variant of one MLP at one compression: lr for the uniform hash by the mean
+    validation accuracy over ``tseeds``, then every variant at that lr on every seed."""
+    split = data(0)
     c, h, w = split.image_shape
-    sizes = [c * h * w, *cfg["hidden"], split.num_classes]
-    buckets = [math.ceil(a * b * cfg["compression"]) for a, b in itertools.pairwise(sizes)]
+    sizes = [c * h * w, *hidden, split.num_classes]
+    buckets = [math.ceil(a * b * compression) for a, b in itertools.pairwise(sizes)]
     free_weights = sum(buckets)
     width = _equivalent_width(sizes, free_weights)
 
@@ -93,25 +135,25 @@ def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
                 n_in, n_out, buckets[i] + plus, hash=hash_name, seed=1000 * seed + i, **kw
             )
 
-        return MLP(sizes[0], cfg["hidden"], split.num_classes, linear=layer)
+        return MLP(sizes[0], hidden, split.num_classes, linear=layer)
 
     def dense_as_hash(seed: int) -> MLP:
         def layer(_i: int, n_in: int, n_out: int) -> torch.nn.Module:
             return wsnn.HashedLinear(n_in, n_out, n_in * n_out, hash="dense", signed=False)
 
-        return MLP(sizes[0], [width] * len(cfg["hidden"]), split.num_classes, linear=layer)
+        return MLP(sizes[0], [width] * len(hidden), split.num_classes, linear=layer)
 
     builders: dict[str, Any] = {
         label: (lambda seed, hn=hn, ex=ex: hashed(hn, ex, seed)) for label, hn, ex in _variants(cfg)
     }
     builders[f"dense, equal size (h={width})"] = dense_as_hash
-    builders["dense, uncompressed"] = lambda seed: MLP(sizes[0], cfg["hidden"], split.num_classes)
+    builders["dense, uncompressed"] = lambda seed: MLP(sizes[0], hidden, split.num_classes)
 
     def go(label: str, lr: float, seed: int) -> dict[str, Any]:
         torch.manual_seed(seed)
         model = builders[label](seed).to(ctx.device)
         tcfg = TrainConfig(cfg["epochs"], lr, cfg["batch_size"], cfg["momentum"])
-        res = fit(model, split, tcfg, seed=seed)
+        res = fit(model, data(seed), tcfg, seed=seed)
         layers = [m for m in model.layers() if hasattr(m, "entropy")]
         if layers:
             numel = [m.index.numel() for m in layers]
@@ -122,11 +164,10 @@ def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
         res.update(seed=seed, lr=lr, free_parameters=count_parameters(model))
         return res
 
-    # tuning: lr for the uniform hash on the validation set (seed 0), used for every variant
+    # tuning: lr for the uniform hash on the validation set, used for every variant
     runs = Runs(go, ctx)
-    lr = tune(runs, {"uniform": cfg["lr_grid"]}, [0], "tune lr", "smaller")["uniform"]
-    results = over_seeds(runs, dict.fromkeys(builders, lr), ctx.seeds, "runs")
-
+    lr = tune(runs, {"uniform": cfg["lr_grid"]}, tseeds, f"tune lr{tag}", "smaller")["uniform"]
+    results = over_seeds(runs, dict.fromkeys(builders, lr), ctx.seeds, f"runs{tag}")
     variants = {
         label: {
             **mean_std([r["test_acc"] for r in rs]),
@@ -137,6 +178,28 @@ def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
         }
         for label, rs in results.items()
     }
+    return {
+        "hidden": hidden,
+        "compression": compression,
+        "sizes": sizes,
+        "buckets": buckets,
+        "equivalent_width": width,
+        "lr": lr,
+        "variants": variants,
+        "grid": protocol.grid_record(runs, {"uniform": cfg["lr_grid"]}, tseeds),
+    }
+
+
+def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
+    wsnn = require("weightshare.nn", "HashedLinear", experiment=ctx.name)
+    split = datasets.load(ctx.dataset, ctx.data_dir).to(ctx.device)
+    data = protocol.split_by_seed(ctx, split, ("mnist5k",))  # mnist5k: validation by seed
+
+    if cfg.get("tuning_seeds"):  # the protocol of EXP-7 (mnist5k)
+        return _protocol_run(ctx, cfg, wsnn, data)
+    one = _setting(ctx, cfg, wsnn, data, cfg["hidden"], cfg["compression"], [0])
+    variants, lr, sizes, buckets = one["variants"], one["lr"], one["sizes"], one["buckets"]
+    width = one["equivalent_width"]
     balance = [lab for lab in variants if lab.startswith("dirichlet") or lab == "uniform"]
     rho = spearmanr(
         [variants[b]["entropy"]["mean"] for b in balance], [variants[b]["mean"] for b in balance]
@@ -145,7 +208,7 @@ def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
     summary = {
         **summary_header(ctx, split.sizes, cfg),
         "config": {**cfg, "buckets": buckets, "lr": lr, "equivalent_width": width},
-        "tuning": [{"lr": v, "val_acc": runs("uniform", v, 0)["val_acc"]} for v in cfg["lr_grid"]],
+        "tuning": [{"lr": g["value"], "val_acc": g["val"][0]} for g in one["grid"]],
         "variants": variants,
         "claims": {
             "balance_spearman": None if len(balance) < 3 else float(rho.statistic),
@@ -156,9 +219,7 @@ def run(ctx: Context, cfg: dict[str, Any]) -> tuple[dict[str, Any], str, list]:
         [f"`{label}`", v["free_parameters"], f"{v['entropy']['mean']:.3f}", fmt(v)]
         for label, v in variants.items()
     ]
-    table = markdown_table(
-        ["variant", "free parameters", "normalised entropy", "test acc. (%)"], rows
-    ) + (
+    table = markdown_table(HEADER, rows) + (
         f"\nMLP {'-'.join(map(str, sizes))}, compression {cfg['compression']:g} "
         f"(buckets per layer {buckets}), lr {lr:g}; mean ± std over {ctx.seeds} seed(s). "
         f"Spearman(entropy, accuracy) over uniform + Dirichlet: {_num(summary['claims'])}; "
@@ -199,3 +260,75 @@ def _figures(ctx, variants, cfg, balance, radii) -> list:
         logx=True,
     )
     return [f1, f2]
+
+
+HEADER = ["variant", "free parameters", "normalised entropy", "test acc. (%)"]
+
+
+def _protocol_run(ctx, cfg, wsnn, data) -> tuple[dict[str, Any], str, list]:
+    tseeds = list(range(cfg["tuning_seeds"]))
+    settings, claims, tables = [], [], []
+    lo, hi = f"dirichlet α={min(cfg['alphas']):g}", f"dirichlet α={max(cfg['alphas']):g}"
+    r0, rmax = "neighborhood r=0", f"neighborhood r={max(cfg['radii'])}"
+    for hidden, compression in cfg["settings"]:
+        name = f"{'-'.join(map(str, hidden))} at 1/{round(1 / compression)}"
+        one = _setting(ctx, cfg, wsnn, data, hidden, compression, tseeds, f" {name}")
+        v = one["variants"]
+
+        def acc(label: str, v: dict = v) -> list[float]:
+            return [r["test_acc"] for r in v[label]["runs"]]
+
+        pairs = [
+            (f"balance helps: uniform beats {lo} ({name})", "uniform", lo),
+            (f"balance helps: {hi} beats {lo} ({name})", hi, lo),
+            (f"determinism helps: r=0 beats r={max(cfg['radii'])} ({name})", r0, rmax),
+        ]
+        mine = [protocol.claim(t, a, b, acc(a), acc(b)) for t, a, b in pairs]
+        balance = [lab for lab in v if lab.startswith("dirichlet") or lab == "uniform"]
+        rho = spearmanr([v[b]["entropy"]["mean"] for b in balance], [v[b]["mean"] for b in balance])
+        one["balance_spearman"] = None if len(balance) < 3 else float(rho.statistic)
+        one["claims"] = mine
+        claims += mine
+        settings.append(one)
+        rows = [
+            [f"`{label}`", e["free_parameters"], f"{e['entropy']['mean']:.3f}", fmt(e)]
+            for label, e in v.items()
+        ]
+        tables.append(
+            f"\n**MLP {'-'.join(map(str, one['sizes']))}, compression 1/{round(1 / compression)}** "
+            f"(buckets per layer {one['buckets']}, lr {one['lr']:g}):\n\n"
+            + markdown_table(HEADER, rows)
+        )
+    summary = {
+        **summary_header(ctx, data(0).sizes, cfg),
+        "tuning_seeds": len(tseeds),
+        "grid": [
+            {**g, "setting": [one["hidden"], one["compression"]]}
+            for one in settings
+            for g in one["grid"]
+        ],
+        "settings": settings,
+        "claims": claims,
+    }
+    table = (
+        f"Test accuracy mean ± std over {ctx.seeds} seeds; lr of the uniform hash chosen by the "
+        f"mean validation accuracy over {len(tseeds)} tuning seeds, used for every variant.\n"
+        + "".join(tables)
+        + f"\nPaired comparisons over {ctx.seeds} seeds:\n\n"
+        + protocol.claims_table(claims)
+    )
+    series = {}
+    for one in settings:
+        v = one["variants"]
+        labels = [lab for lab in v if lab.startswith("dirichlet") or lab == "uniform"]
+        key = f"{'-'.join(map(str, one['hidden']))}, 1/{round(1 / one['compression'])}"
+        series[key] = (
+            [v[b]["entropy"]["mean"] for b in labels],
+            [v[b]["mean"] for b in labels],
+            [v[b]["std"] for b in labels],
+        )
+    fig = plotting.lines(
+        series, ctx.out_dir / "accuracy_vs_entropy.png", "normalised entropy", "test accuracy"
+    )
+    write_results(ctx, summary, table)
+    return summary, table, [fig]

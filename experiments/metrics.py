@@ -99,12 +99,45 @@ def shift_sharing(
     k = min(window, rows.shape[1])
     unit = torch.where(alive[:, None], rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-300), 0)
     wins = unit.unfold(1, k, 1)  # (U, P, k)
+    return _fit_templates(wins, alive, locality_1d(weight, k), templates, iters)
+
+
+def shift_sharing_2d(
+    weight: torch.Tensor,
+    image_shape: tuple[int, int, int],
+    window: int,
+    templates: int,
+    circular: bool = True,
+    iters: int = 30,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r""":func:`shift_sharing` for units that see an image: how well ``templates`` kernels of
+    ``window x window`` pixels (all channels), each placed at any position (wrapping around on a
+    torus when ``circular``), explain each unit. A unit of a ``window x window`` (circular) conv
+    with at most ``templates`` channels scores 1. Returns ``(s, templates)``."""
+    c, h, w = image_shape
+    rows, alive = _centred_rows(weight)
+    k = min(window, h, w)
+    unit = torch.where(alive[:, None], rows / rows.norm(dim=1, keepdim=True).clamp_min(1e-300), 0)
+    img = unit.reshape(-1, c, h, w)
+    if circular:
+        img = F.pad(img, (0, k - 1, 0, k - 1), mode="circular")
+    wins = F.unfold(img, k).transpose(1, 2)  # (U, P, c*k*k)
+    rank = locality(weight, image_shape, window, circular)
+    return _fit_templates(wins, alive, rank, templates, iters)
+
+
+def _fit_templates(
+    wins: torch.Tensor, alive: torch.Tensor, rank: torch.Tensor, templates: int, iters: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The K-subspaces fit over shifts of :func:`shift_sharing`: ``wins[u, p]`` is unit ``u``'s
+    (unit-norm row's) window at position ``p``; ``rank`` orders the units for the start."""
+    k = wins.shape[-1]
     live = torch.nonzero(alive).flatten()
     if len(live) == 0:
-        return torch.zeros(rows.shape[0], dtype=rows.dtype), torch.zeros(templates, k)
+        return torch.zeros(wins.shape[0], dtype=wins.dtype), torch.zeros(templates, k)
     # start: the best windows of K units spread over the energy-share ranking
     best_p = wins.pow(2).sum(-1).argmax(1)
-    order = live[torch.argsort(locality_1d(weight, k)[live], descending=True)]
+    order = live[torch.argsort(rank[live], descending=True)]
     pick = order[torch.linspace(0, len(order) - 1, templates).round().long()]
     t = wins[pick, best_p[pick]]
     t = t / t.norm(dim=1, keepdim=True).clamp_min(1e-300)

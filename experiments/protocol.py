@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._common import Context, progress, require
+from ._common import Context, markdown_table, progress, require
+from .data import Split, load
 
 Train = Callable[[Any, Any, int], dict[str, Any]]  # (arm, value, seed) -> result with "val_acc"
 
@@ -75,6 +76,37 @@ def _score(values: Iterable[float]) -> float:
     return round(float(np.mean(list(values))), 10)
 
 
+def split_by_seed(ctx: Context, first: Split, seeded: Sequence[str]) -> Callable[[int], Split]:
+    """``data(seed)``: the seed's own split (its validation slice) for the data sets in
+    ``seeded`` (``mnist5k``: EXP-6), the one split ``first`` (seed 0) for the others."""
+    splits = {0: first}
+
+    def data(seed: int) -> Split:
+        key = seed if ctx.dataset in seeded else 0
+        if key not in splits:
+            splits[key] = load(ctx.dataset, None, key).to(ctx.device)
+        return splits[key]
+
+    return data
+
+
+def grid_table(grid: Sequence[Mapping[str, Any]], tuning_seeds: int, value: str) -> str:
+    """The tuning grid of a ``(model, setting)`` experiment: validation mean ± std per value."""
+    rows = [
+        [
+            f"`{g['arm'][0]}`",
+            g["arm"][1],
+            ", ".join(f"{v:g}" for v in np.atleast_1d(g["value"])),
+            f"{100 * g['val_mean']:.1f} ± {100 * g['val_std']:.1f}",
+        ]
+        for g in grid
+    ]
+    return (
+        f"\nTuning grid (validation accuracy, mean ± std over {tuning_seeds} tuning seeds):\n\n"
+        + markdown_table(["model", "setting", value, "val (%)"], rows)
+    )
+
+
 def choose(grid: Sequence[Any], score: Callable[[Any], float], tie: str = "larger") -> Any:
     """The grid value with the highest ``score``; ties go to the ``"larger"`` value (the stronger
     regulariser) or the ``"smaller"`` one (the smaller learning rate)."""
@@ -125,3 +157,124 @@ def attach_strengths(
     """``weightshare.attach`` with a WSR strength per parameter (``lams[p]``), the same ``l1``."""
     ws = require("weightshare", "attach", experiment="protocol")
     return ws.attach(optimizer, dict(lams), l1=l1)
+
+
+# --- the verdict rule ---------------------------------------------------------------------------
+
+#: the rule every page states before its numbers
+VERDICT_RULE = (
+    "For each claim, the difference method − control is taken per seed (both trained on the same "
+    "seed: same split, initialisation and batch order), and its mean and two-sided 95 % "
+    "t-interval over the seeds are reported. The claim is *reproduced* when the interval "
+    "excludes 0 in the claimed direction, *not reproduced* when it excludes 0 in the other "
+    "direction, and *inconclusive* otherwise."
+)
+
+
+def paired(method: Sequence[float], control: Sequence[float], level: float = 0.95) -> dict:
+    """Mean of the per-seed differences ``method[i] - control[i]`` and its two-sided t-interval.
+
+    ``std`` is the sample standard deviation (ddof = 1) of the differences; with fewer than two
+    seeds the interval is undefined (NaN, so ``null`` in ``summary.json``).
+    """
+    from scipy.stats import t as student_t
+
+    if len(method) != len(control):
+        raise ValueError(
+            f"paired needs as many values per side, got {len(method)} and {len(control)}"
+        )
+    d = np.asarray(method, dtype=np.float64) - np.asarray(control, dtype=np.float64)
+    n = len(d)
+    mean = float(d.mean()) if n else float("nan")
+    if n < 2:
+        std = low = high = float("nan")
+    else:
+        std = float(d.std(ddof=1))
+        half = float(student_t.ppf(0.5 + level / 2, n - 1)) * std / np.sqrt(n)
+        low, high = float(mean - half), float(mean + half)
+    return {
+        "n": n,
+        "mean": mean,
+        "std": std,
+        "low": low,
+        "high": high,
+        "level": level,
+        "differences": [float(v) for v in d],
+    }
+
+
+def verdict(interval: Mapping[str, float], direction: str = ">") -> str:
+    """*reproduced* / *not reproduced* / *inconclusive* for the claim ``method <direction>
+    control`` (``">"`` or ``"<"``) from a :func:`paired` interval (see :data:`VERDICT_RULE`)."""
+    if direction not in (">", "<"):
+        raise ValueError(f"direction must be '>' or '<', got {direction!r}")
+    low, high = interval["low"], interval["high"]
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return "inconclusive"
+    above, below = low > 0, high < 0
+    if (above and direction == ">") or (below and direction == "<"):
+        return "reproduced"
+    if above or below:
+        return "not reproduced"
+    return "inconclusive"
+
+
+def claim(
+    text: str,
+    method: str,
+    control: str,
+    method_values: Sequence[float],
+    control_values: Sequence[float],
+    direction: str = ">",
+    scale: float = 100.0,
+) -> dict[str, Any]:
+    """One claim of a page: the paired interval (in units of ``scale``, percentage points for
+    accuracies) and its verdict."""
+    interval = paired([scale * v for v in method_values], [scale * v for v in control_values])
+    return {
+        "claim": text,
+        "method": method,
+        "control": control,
+        "direction": direction,
+        "paired": interval,
+        "verdict": verdict(interval, direction),
+    }
+
+
+def grid_record(runs: Runs, grids: Mapping[Any, Sequence[Any]], seeds: Sequence[int]) -> list:
+    """Every tuning point: the arm, the value, and the validation accuracy per tuning seed with
+    its mean and std (ddof = 0), for ``summary.json``."""
+    out = []
+    for arm, grid in grids.items():
+        for v in grid:
+            vals = [runs(arm, v, s)["val_acc"] for s in seeds]
+            out.append(
+                {
+                    "arm": list(arm) if isinstance(arm, tuple) else arm,
+                    "value": list(v) if isinstance(v, tuple) else v,
+                    "val_mean": float(np.mean(vals)),
+                    "val_std": float(np.std(vals)),
+                    "val": vals,
+                }
+            )
+    return out
+
+
+def claims_table(claims: Sequence[Mapping[str, Any]], unit: str = "points") -> str:
+    """The paired table of a page: claim, comparison, mean difference, 95 % interval, verdict."""
+    rows = []
+    for c in claims:
+        p = c["paired"]
+        ci = "–" if not np.isfinite(p["low"]) else f"[{p['low']:+.2f}, {p['high']:+.2f}]"
+        rows.append(
+            [
+                c["claim"],
+                f"`{c['method']}` {c['direction']} `{c['control']}`",
+                p["n"],
+                f"{p['mean']:+.2f}" if p["n"] else "–",
+                ci,
+                f"**{c['verdict']}**",
+            ]
+        )
+    header = ["claim", "comparison", "seeds", f"mean difference ({unit})", "95 % interval"]
+    return markdown_table([*header, "verdict"], rows)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import data as datasets
-from . import metrics, plotting
+from . import metrics, plotting, protocol
 from ._common import Context, fmt, markdown_table, mean_std
 from ._wsr import (
     MODELS,
@@ -27,6 +27,7 @@ from ._wsr import (
     REGULARISED,
     SETTINGS,
     accuracy_series,
+    claims,
     layer_stats,
     model_entry,
     regulariser_hook,
@@ -51,6 +52,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "steps": 8000,
         "lr": 1e-2,
         "batch_size": 100,
+        "tuning_seeds": 3,
         "lam_grid": [1e-2, 3e-2, 0.1, 0.2, 0.3, 0.5],
         "l1_grid": [1e-3, 3e-3, 1e-2, 3e-2, 0.1],
         "window": 5,
@@ -139,33 +141,44 @@ def _one_run(
 
 
 def run(ctx: Context, cfg: dict[str, Any], ws: Any) -> tuple[dict[str, Any], str, list]:
-    tune_split = datasets.load_mnist1d(refit=False).to(ctx.device)
     final_split = datasets.load_mnist1d(refit=True).to(ctx.device)
     perm = datasets.pixel_permutation(final_split.image_shape, PERMUTATION_SEED)
-    splits = {
-        (False, "original"): tune_split,
-        (False, "shuffled"): datasets.permute_pixels(tune_split, perm),
-        (True, "original"): final_split,
-        (True, "shuffled"): datasets.permute_pixels(final_split, perm),
-    }
+    splits: dict[tuple[bool, int, str], datasets.Split] = {}
+
+    def split_for(refit: bool, seed: int, setting: str) -> datasets.Split:
+        # tuning: the seed's validation slice of 400 (3,600 train); final: all 4,000
+        key = (refit, 0 if refit else seed, setting)
+        if key not in splits:
+            base = final_split if refit else datasets.load_mnist1d(seed).to(ctx.device)
+            splits[key] = base if setting == "original" else datasets.permute_pixels(base, perm)
+        return splits[key]
+
     scfg = StepConfig(cfg["steps"], cfg["lr"], cfg["batch_size"])
 
     def go(model: str, setting: str, lam: float, seed: int, refit: bool) -> dict[str, Any]:
         p = perm if setting == "shuffled" else None
-        return _one_run(ws, model, splits[(refit, setting)], p, scfg, lam, cfg, seed, ctx)
+        split = split_for(refit, seed, setting)
+        return _one_run(ws, model, split, p, scfg, lam, cfg, seed, ctx)
 
-    # 1. strengths on the validation slice (seed 0, 3,600 train); a one-point grid needs no run
+    # 1. strengths on the validation slices (mean over the tuning seeds, each its own slice of
+    # 400 and 3,600 to train on); a one-point grid needs no run
+    tuning_seeds = list(range(cfg.get("tuning_seeds", 1)))
     tune_runs = Runs(lambda arm, lam, seed: go(*arm, lam, seed, refit=False), ctx)
     chosen: dict[tuple[str, str], float] = {(m, s): 0.0 for m in ("fc", "cnn") for s in SETTINGS}
     grids = {(m, s): cfg[grid] for m, grid in REGULARISED.items() for s in SETTINGS}
     if any(len(grid) > 1 for grid in grids.values()):
         # the unregularised MLP on the same split is the reference point of the sweep
-        tune_runs.all(((("fc", s), 0.0, 0) for s in SETTINGS), "tune reference")
+        tune_runs.all(((("fc", s), 0.0, t) for s in SETTINGS for t in tuning_seeds), "reference")
         # ties go to the stronger regulariser (more sharing/sparsity at equal accuracy)
-        chosen.update(tune(tune_runs, grids, [0], "tune strength"))
+        chosen.update(tune(tune_runs, grids, tuning_seeds, "tune strength"))
+        record = protocol.grid_record(
+            tune_runs, {**{("fc", s): [0.0] for s in SETTINGS}, **grids}, tuning_seeds
+        )
     else:
         chosen.update({arm: grid[0] for arm, grid in grids.items()})
-    tuning = {(*arm, lam): r for (arm, lam, _), r in tune_runs.results.items()}
+        record = []
+    # the sweep of the table and figure: seed 0
+    tuning = {(*arm, lam): r for (arm, lam, t), r in tune_runs.results.items() if t == 0}
 
     # 2. the chosen configurations on all 4,000 training examples, every seed
     final_runs = Runs(lambda arm, lam, seed: go(*arm, lam, seed, refit=True), ctx)
@@ -175,6 +188,7 @@ def run(ctx: Context, cfg: dict[str, Any], ws: Any) -> tuple[dict[str, Any], str
     chosen.update(arms)
     final = over_seeds(final_runs, arms, ctx.seeds, "seeds")
     summary = _summarise(ctx, cfg, final_split, chosen, final, tuning)
+    summary.update(tuning_seeds=len(tuning_seeds), grid=record, claims=claims(final, "sharing"))
     table = _table(summary)
     figures = _figures(ctx, final, tuning, summary)
     return summary, table, figures
@@ -336,7 +350,12 @@ def _table(summary: dict[str, Any]) -> str:
             "\nStrength sweep (seed 0, 3,600 train / 400 validation; test shown for reference "
             "only):\n\n" + markdown_table(sweep_header, sweep)
         )
-    return out
+    if summary["tuning_seeds"] > 1 and summary["grid"]:
+        out += protocol.grid_table(summary["grid"], summary["tuning_seeds"], "strength")
+    return out + (
+        f"\nPaired comparisons over {summary['seeds']} seed(s):\n\n"
+        + protocol.claims_table(summary["claims"])
+    )
 
 
 def _figures(ctx: Context, final, tuning, summary) -> list:

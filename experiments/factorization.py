@@ -94,9 +94,9 @@ DATASET_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "full": {  # reduced to fit a shared 2-core machine: see the page
             "seeds": 5,
             "tuning_seeds": 3,
-            "epochs": 15,
+            "epochs": 30,
             "depths": [2, 3],
-            "lr_grid": [0.1, 0.3],
+            "lr_grid": [0.3, 1.0],
             "tune_lams": [1e-3, 3.2e-3],
             "lam_grid": _FINE[::3],
             "targets": [16, 128],

@@ -55,6 +55,11 @@ def subtract_ramp_(z: np.ndarray, lam: float) -> None:
         z[a:b] -= lam * c
 
 
+def collapse_clamp(sorted_row: np.ndarray, lam: float) -> float:
+    """``min(lam, max - min)`` of a sorted row: the same prox (PROX-5), exact for a huge λ."""
+    return min(lam, float(sorted_row[-1]) - float(sorted_row[0]))
+
+
 def _keys_(x: np.ndarray, keys: np.ndarray, bits: int) -> None:
     """Write the order-preserving bit patterns of the float ``x`` into uint64 ``keys``, with the
     lowest ``bits`` bits cleared (float32 patterns fill the high 32 bits)."""
@@ -160,7 +165,7 @@ def prox_rows(
         for r in range(a, b):
             sort_with_index_(x[r], perm[r], zs[r])
             if d > 1 and lam[r] != 0.0:
-                subtract_ramp_(zs[r], float(lam[r]))
+                subtract_ramp_(zs[r], collapse_clamp(zs[r], float(lam[r])))
                 pava_row_(zs[r])
             out[r][perm[r]] = zs[r]
 
@@ -191,7 +196,7 @@ def _prox_long(x: np.ndarray, lam: float, out: np.ndarray, perm: np.ndarray, z: 
     for f in futures:
         f.result()
     if lam != 0.0:
-        subtract_ramp_(z, lam)
+        subtract_ramp_(z, collapse_clamp(z, lam))
         pava_row_(z)
     out[perm] = z
 
@@ -202,11 +207,34 @@ def _prox_long(x: np.ndarray, lam: float, out: np.ndarray, perm: np.ndarray, z: 
 _HOST_DTYPES = (torch.float32, torch.float64)
 
 
+def check_host_data(t: torch.Tensor) -> None:
+    """Errors for a tensor whose values NumPy cannot read: meta (TypeError), a ``vmap`` batch or
+    a ``torch.compile`` trace (ValueError), each naming the method and the alternative."""
+    if t.device.type == "meta":
+        raise TypeError(
+            "method='pava' computes on the tensor's values and a meta tensor has none; use "
+            "method='hull' (or 'auto', which picks it there)"
+        )
+    if torch.compiler.is_compiling():
+        raise ValueError(
+            "method='pava' runs in NumPy, which torch.compile cannot trace; use method='auto' "
+            "(it picks 'hull' while compiling) or method='hull'"
+        )
+    if torch._C._functorch.is_batchedtensor(t):
+        raise ValueError(
+            "method='pava' runs in NumPy, which torch.func.vmap cannot batch; use method='auto' "
+            "(it picks a torch-op method inside vmap) or method='hull'"
+        )
+
+
 class HostBackend(Backend):
     """The "pava" backend: every row set on the host, spread over one thread pool."""
 
     def __init__(self) -> None:
         super().__init__("pava", isotonic_pava)
+
+    def check_device(self, t: torch.Tensor) -> None:
+        check_host_data(t)
 
     def group(self, rows: torch.Tensor) -> Hashable:
         return "host"  # any dtype and device: the host threads take them all at once
@@ -214,6 +242,7 @@ class HostBackend(Backend):
     def prox_rows(
         self, rows: torch.Tensor, lam: float | torch.Tensor, with_z: bool = True
     ) -> RowsResult:
+        check_host_data(rows)
         b, d = rows.shape
         device, dtype = rows.device, rows.dtype
         x = rows.detach().to("cpu")

@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 from torch.utils._python_dispatch import _disable_current_modes
 
-from .backend import Backend, RowsResult, is_active
+from .backend import Backend, RowsResult, collapse_clamp, is_active
 from .common import ceil_log2, check_rows
 
 #: True when the kernels below were defined for Triton's interpreter (CPU tensors).
@@ -409,10 +409,11 @@ def _prox_rows_impl(
     rows, n = x.shape
     xs, perm = torch.sort(x, dim=1)
     shift = xs.mean(dim=1, dtype=torch.float64)  # the ramp has mean zero
+    lam = collapse_clamp(xs, lam.reshape(-1, 1)).reshape(rows)  # PROX-21: one per row
     z = _points(rows, n, x.device)
     _launch(
         _prepare_kernel, z.numel(), _BLOCK,
-        xs, lam, shift, shift, z, z.numel(), n, z.shape[1], int(lam.numel() > 1),
+        xs, lam, shift, shift, z, z.numel(), n, z.shape[1], 1,
         RAMP=True, SORTED_PAD=True,
     )  # fmt: skip
     del xs

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .backend import Backend, RowsResult
-from .pava import isotonic_pava, parallel_rows, pava_row_, pool, threads
+from .pava import in_worker, isotonic_pava, parallel_rows, pava_row_, pool, threads
 
 #: From this length on, a single vector is sorted as several buckets on several threads.
 SPLIT_MIN = 1 << 18
@@ -157,7 +157,7 @@ def prox_rows(
     rows, d = x.shape
     if rows == 0 or d == 0:
         return
-    if rows == 1 and d >= SPLIT_MIN and _idle_cores() >= 1:
+    if rows == 1 and d >= SPLIT_MIN and not in_worker() and _idle_cores() >= 1:
         _prox_long(x[0], float(lam[0]), out[0], perm[0], zs[0])
         return
 
@@ -265,7 +265,11 @@ class HostBackend(Backend):
         self, rows: list[torch.Tensor], lams: list[float | torch.Tensor]
     ) -> list[torch.Tensor]:
         """Large row sets one by one (each using every thread), small ones spread over the pool."""
-        large = [i for i, r in enumerate(rows) if r.numel() >= SPLIT_MIN // 2 or threads() == 1]
+        large = [
+            i
+            for i, r in enumerate(rows)
+            if r.numel() >= SPLIT_MIN // 2 or threads() == 1 or in_worker()
+        ]
         small = [i for i in range(len(rows)) if i not in set(large)]
         outs: list[torch.Tensor | None] = [None] * len(rows)
         for i in large:

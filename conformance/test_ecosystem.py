@@ -4,9 +4,12 @@ optimizers, edited settings, added param groups, Lightning."""
 
 from __future__ import annotations
 
+import copy
 import multiprocessing
+import pickle
 import warnings
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -94,3 +97,214 @@ def test_nested_host_work_never_waits_on_itself() -> None:
     fused = ws.prox_many(tensors, 0.1, dim=1)
     for t, out in zip(tensors, fused, strict=True):
         assert torch.equal(out, ws.prox(t, 0.1, dim=1))
+
+
+# ---------------------------------------------------------------------------------------------
+# mixed precision: a skipped step applies no prox (TRAIN-22)
+
+
+def _optimizer(name: str, params: list[torch.nn.Parameter], fused: bool) -> torch.optim.Optimizer:
+    kinds = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+    return kinds[name](params, lr=0.05, fused=fused)
+
+
+def _scaled_step(
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    x: Any,
+    bad: bool,
+) -> None:
+    opt.zero_grad()
+    loss = model(x).square().mean() * (float("inf") if bad else 1.0)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+
+
+@pytest.mark.req("TRAIN-22")
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
+def test_a_skipped_mixed_precision_step_applies_no_prox(
+    device: str, name: str, fused: bool
+) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(16, 8, device=device)
+    opt = _optimizer(name, list(model.parameters()), fused)
+    ws.attach(opt, 0.3, l1=0.01)
+    scaler = torch.amp.GradScaler(device)
+    x = torch.randn(4, 16, device=device)
+    _scaled_step(model, opt, scaler, x, bad=False)
+    assert ws.num_distinct(model.weight) < 128  # a finite step: the prox acted
+    before = [p.detach().clone() for p in model.parameters()]
+    _scaled_step(model, opt, scaler, x, bad=True)  # inf gradients: the step is skipped
+    for p, q in zip(model.parameters(), before, strict=True):
+        assert torch.equal(p, q)
+    _scaled_step(model, opt, scaler, x, bad=False)  # and the next finite one proceeds
+    assert not torch.equal(model.weight, before[0])
+
+
+@pytest.mark.req("TRAIN-22")
+def test_any_optimizer_exposing_found_inf() -> None:
+    class Custom(torch.optim.Optimizer):
+        def __init__(self, params: Any) -> None:
+            super().__init__(params, {"lr": 0.1})
+
+        @torch.no_grad()
+        def step(self, closure: Any = None) -> None:
+            found = getattr(self, "found_inf", None)
+            if found is not None and bool(found):
+                return
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.add_(p.grad, alpha=-group["lr"])
+
+    w = torch.nn.Parameter(torch.randn(8, 8, generator=torch.Generator().manual_seed(2)))
+    opt = Custom([w])
+    ws.attach(opt, 1.0)
+    w.grad = torch.ones_like(w)
+    before = w.detach().clone()
+    opt.found_inf = torch.ones(())  # type: ignore[attr-defined]
+    opt.step()
+    assert torch.equal(w, before)
+    opt.found_inf = torch.zeros(())  # type: ignore[attr-defined]
+    opt.step()
+    assert ws.num_distinct(w) < 64
+
+
+@pytest.mark.req("TRAIN-22", "TRAIN-20")
+def test_cuda_skipped_step_is_a_device_side_select() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    torch.manual_seed(0)
+    model = torch.nn.Linear(64, 32, device="cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
+    handle = ws.attach(opt, 0.3)
+    scaler = torch.amp.GradScaler("cuda")
+    x = torch.randn(8, 64, device="cuda")
+    _scaled_step(model, opt, scaler, x, bad=False)  # warm-up
+    before = model.weight.detach().clone()
+    opt.zero_grad()
+    scaler.scale(model(x).square().mean() * float("inf")).backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        scaler.step(opt)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    scaler.update()
+    handle.check()
+    assert torch.equal(model.weight, before)
+
+
+# ---------------------------------------------------------------------------------------------
+# edited settings, added groups, copies, fresh optimizers (TRAIN-22, TRAIN-23)
+
+
+def _model_and_opt() -> tuple[torch.nn.Sequential, torch.optim.Optimizer]:
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 4))
+    opt = torch.optim.SGD(
+        [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.02}],
+        lr=0.1,
+        momentum=0.9,
+    )
+    return model, opt
+
+
+def _step(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+    opt.zero_grad()
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(4))
+    model(x).square().mean().backward()
+    opt.step()
+
+
+@pytest.mark.req("TRAIN-22")
+@pytest.mark.parametrize(
+    ("key", "value", "error", "match"),
+    [
+        ("wsr_lam", -1.0, ValueError, r"param group 1 wsr_lam must be >= 0"),
+        ("wsr_lam", float("nan"), ValueError, r"param group 1 wsr_lam must be finite"),
+        ("wsr_lam", [0.1], ValueError, r"param group 1 wsr_lam has 1 entries for 2 params"),
+        ("wsr_l1", "0.1", TypeError, r"param group 1 wsr_l1 must be a real number"),
+        ("wsr_l1", float("inf"), ValueError, r"param group 1 wsr_l1 must be finite"),
+        ("wsr_dim", 5, IndexError, r"dim 5 is out of range for param group 1"),
+        ("wsr_dim", 1.5, TypeError, r"param group 1 wsr_dim must be an int or None"),
+        ("wsr_method", "fast", ValueError, r"param group 1 wsr_method: unknown method 'fast'"),
+        ("wsr_mask", [True], ValueError, r"param group 1 wsr_mask has 1 entries for 2 params"),
+        ("wsr_mask", None, ValueError, r"param group 1 lacks the keys \['wsr_mask'\]"),
+    ],
+)
+def test_invalid_edited_settings_raise_at_the_next_step(
+    key: str, value: object, error: type[Exception], match: str
+) -> None:
+    model, opt = _model_and_opt()
+    ws.attach(opt, 0.2)
+    _step(model, opt)
+    if value is None:
+        del opt.param_groups[1][key]
+    else:
+        opt.param_groups[1][key] = value
+    with pytest.raises(error, match=match):
+        _step(model, opt)
+
+
+@pytest.mark.req("TRAIN-22")
+def test_a_group_added_after_attach() -> None:
+    model, opt = _model_and_opt()
+    ws.attach(opt, 0.5, params=[model[0].weight])
+    extra = torch.nn.Parameter(torch.randn(6, 6, generator=torch.Generator().manual_seed(5)))
+    opt.add_param_group({"params": [extra], "lr": 0.1})
+    extra.grad = torch.zeros_like(extra)
+    before = extra.detach().clone()
+    with pytest.warns(UserWarning, match=r"param group\(s\) \[2\] were added after attach"):
+        _step(model, opt)
+    assert torch.equal(extra, before)  # not regularised
+    _step(model, opt)  # warned once: a second step is silent (warnings are errors here)
+    # a group added with its own keys is regularised like any other
+    own = torch.nn.Parameter(before.clone())
+    opt.add_param_group(
+        {"params": [own], "lr": 0.1, "wsr_lam": 5.0, "wsr_l1": 0.0, "wsr_dim": None,
+         "wsr_method": "auto", "wsr_mask": [True]}
+    )  # fmt: skip
+    own.grad = torch.zeros_like(own)
+    _step(model, opt)
+    assert ws.num_distinct(own) < 36
+
+
+@pytest.mark.req("TRAIN-23")
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_optimizer_carries_the_attachment(how: str) -> None:
+    model, opt = _model_and_opt()
+    ws.attach(opt, 0.4, l1=0.01, dim=1)
+    _step(model, opt)
+    if how == "deepcopy":
+        model2, opt2 = copy.deepcopy((model, opt))  # one memo: opt2 holds model2's parameters
+        _step(model, opt)
+        _step(model2, opt2)
+        for p, q in zip(model.parameters(), model2.parameters(), strict=True):
+            assert torch.equal(p, q)  # the copy applied the same prox
+    else:
+        copied = pickle.loads(pickle.dumps(opt))
+        params = [p for g in copied.param_groups for p in g["params"]]
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        lrs = [g["lr"] for g in copied.param_groups]
+        before = [p.detach().clone() for p in params]
+        copied.step()
+        w = copied.param_groups[0]["params"][0]
+        mom = copied.state[w]["momentum_buffer"]
+        plain = before[0] - lrs[0] * mom  # the SGD step alone (zero gradient: mom = 0.9 mom)
+        assert not torch.equal(w.detach(), plain)  # then the prox moved it
+    handle = ws.attach  # the copy is attached now: attaching again is refused
+    with pytest.raises(ValueError, match="already has an attached prox"):
+        handle(opt2 if how == "deepcopy" else copied, 1.0)
+
+
+@pytest.mark.req("TRAIN-23")
+def test_a_removed_attachment_is_not_copied() -> None:
+    model, opt = _model_and_opt()
+    ws.attach(opt, 0.4).remove()
+    copied = copy.deepcopy(opt)
+    assert type(copied.defaults) is dict
+    assert not any(k.startswith("wsr_") for g in copied.param_groups for k in g)

@@ -9,6 +9,7 @@ import multiprocessing
 import pickle
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -303,8 +304,71 @@ def test_a_copied_optimizer_carries_the_attachment(how: str) -> None:
 
 @pytest.mark.req("TRAIN-23")
 def test_a_removed_attachment_is_not_copied() -> None:
-    model, opt = _model_and_opt()
+    _, opt = _model_and_opt()
     ws.attach(opt, 0.4).remove()
     copied = copy.deepcopy(opt)
     assert type(copied.defaults) is dict
     assert not any(k.startswith("wsr_") for g in copied.param_groups for k in g)
+
+
+# ---------------------------------------------------------------------------------------------
+# the rest of the ecosystem (TRAIN-24)
+
+
+class _ProxData(torch.utils.data.Dataset[torch.Tensor]):
+    """Items made by the host prox inside the DataLoader's worker processes."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(i)
+        return ws.prox_many([torch.randn(20, 30, generator=g) for _ in range(3)], 0.1, dim=1)[0]
+
+
+@pytest.mark.req("TRAIN-24", "PROX-23")
+def test_dataloader_workers_call_the_host_prox() -> None:
+    _host_calls()  # the parent used its pool first
+    loader = torch.utils.data.DataLoader(
+        _ProxData(), batch_size=4, num_workers=2, multiprocessing_context="fork", timeout=120
+    )
+    with warnings.catch_warnings():  # Python >= 3.12 warns about forking a threaded process
+        warnings.simplefilter("ignore", DeprecationWarning)
+        batches = list(loader)
+    want = torch.stack([_ProxData()[i] for i in range(8)])
+    assert torch.equal(torch.cat(batches), want)
+
+
+@pytest.mark.req("TRAIN-24")
+def test_gradient_accumulation_proxes_once_per_step() -> None:
+    """The prox runs after ``optimizer.step()``, not after each ``backward()``."""
+    model, opt = _model_and_opt()
+    twin, twin_opt = copy.deepcopy((model, opt))
+    ws.attach(opt, 0.3)
+    calls: list[int] = []
+    opt.register_step_post_hook(lambda *_: calls.append(1))
+    x = torch.randn(8, 6, generator=torch.Generator().manual_seed(6))
+    for m, o in ((model, opt), (twin, twin_opt)):
+        o.zero_grad()
+        for chunk in x.split(2):  # four micro-batches, one step
+            (m(chunk).square().mean() / 4).backward()
+        o.step()
+    assert calls == [1]
+    tau = 0.1 * 0.3
+    want = ws.prox(twin[0].weight.detach(), tau)
+    torch.testing.assert_close(model[0].weight.detach(), want, rtol=0, atol=0)
+
+
+_LIGHTNING = Path(__file__).parents[1] / "spec" / "_snippets" / "lightning_example.py"
+
+
+@pytest.mark.req("TRAIN-24")
+def test_training_page_lightning_example_runs() -> None:
+    pytest.importorskip("lightning", reason="Lightning is not installed")
+    namespace: dict[str, Any] = {"__name__": "lightning_example"}
+    exec(compile(_LIGHTNING.read_text(), str(_LIGHTNING), "exec"), namespace)
+    with warnings.catch_warnings():  # Lightning's own advice (workers, loggers) is not ours
+        warnings.simplefilter("ignore")
+        model = namespace["main"]()
+    weight = model.net[0].weight
+    assert ws.num_distinct(weight) < weight.numel()  # the attached prox acted

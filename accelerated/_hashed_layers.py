@@ -204,9 +204,7 @@ class HashedConv2d(_HashedWeight):
     ) -> None:
         super().__init__()
         if padding_mode not in _PADDING_MODES:
-            raise ValueError(
-                f"padding_mode must be one of {_PADDING_MODES}, but got padding_mode={padding_mode!r}"
-            )
+            raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
         self.padding_mode = padding_mode
         self.in_channels = check_int(in_channels, "in_channels")
         self.out_channels = check_int(out_channels, "out_channels")

@@ -807,11 +807,9 @@ def test_negative_bit_views_are_their_values(method: str) -> None:
     neg = torch._neg_view(x)
     assert neg.is_neg()
     for dim in (None, 1):
-        assert torch.equal(
-            weightshare.prox(neg, 0.2, dim, method=method), weightshare.prox(-x, 0.2, dim, method=method)
-        )
-        many = weightshare.prox_many([neg], 0.2, dim, method=method)[0]
-        assert torch.equal(many, weightshare.prox(-x, 0.2, dim, method=method))
+        want = weightshare.prox(-x, 0.2, dim, method=method)
+        assert torch.equal(weightshare.prox(neg, 0.2, dim, method=method), want)
+        assert torch.equal(weightshare.prox_many([neg], 0.2, dim, method=method)[0], want)
     assert torch.equal(weightshare.clusters(neg), weightshare.clusters(-x))
 
 
@@ -824,16 +822,16 @@ def test_meta_vmap_and_compile_with_pava() -> None:
         lambda: weightshare.prox(meta, 0.2, method="pava"),
         lambda: weightshare.prox_many([meta], 0.2, method="pava"),
     ):
-        with pytest.raises(TypeError, match="method='pava'.*meta tensor.*method='hull'"):
+        with pytest.raises(TypeError, match=r"method='pava'.*meta tensor.*method='hull'"):
             call()
     x = torch.randn(3, 6)
     want = weightshare.prox(x, 0.2, dim=1)
-    with pytest.raises(ValueError, match="method='pava'.*vmap.*method='auto'"):
+    with pytest.raises(ValueError, match=r"method='pava'.*vmap.*method='auto'"):
         torch.func.vmap(lambda t: weightshare.prox(t, 0.2, method="pava"))(x)
     torch.testing.assert_close(torch.func.vmap(lambda t: weightshare.prox(t, 0.2))(x), want)
     grad = torch.func.grad(lambda t: weightshare.prox(t, 0.2, method="pava").sum())(x[0])
     torch.testing.assert_close(grad, torch.ones(6))
     torch._dynamo.reset()
     compiled = torch.compile(lambda t: weightshare.prox(t, 0.2, method="pava"), fullgraph=True)
-    with pytest.raises(RuntimeError, match="method='pava' runs in NumPy, which torch.compile"):
+    with pytest.raises(RuntimeError, match=r"method='pava' runs in NumPy, which torch\.compile"):
         compiled(x[0])

@@ -164,8 +164,9 @@ def prox_rows(
     def work(a: int, b: int) -> None:
         for r in range(a, b):
             sort_with_index_(x[r], perm[r], zs[r])
-            if d > 1 and lam[r] != 0.0:
-                subtract_ramp_(zs[r], collapse_clamp(zs[r], float(lam[r])))
+            lam_r = collapse_clamp(zs[r], float(lam[r])) if d > 1 else 0.0
+            if lam_r != 0.0:  # 0: the identity (a constant row is its own mean)
+                subtract_ramp_(zs[r], lam_r)
                 pava_row_(zs[r])
             out[r][perm[r]] = zs[r]
 
@@ -195,8 +196,9 @@ def _prox_long(x: np.ndarray, lam: float, out: np.ndarray, perm: np.ndarray, z: 
     futures = [pool().submit(sort_bucket, j) for j in range(len(offsets) - 1)]
     for f in futures:
         f.result()
+    lam = collapse_clamp(z, lam)
     if lam != 0.0:
-        subtract_ramp_(z, collapse_clamp(z, lam))
+        subtract_ramp_(z, lam)
         pava_row_(z)
     out[perm] = z
 

@@ -5,6 +5,7 @@ optimizers, edited settings, added param groups, Lightning."""
 from __future__ import annotations
 
 import copy
+import faulthandler
 import multiprocessing
 import pickle
 import warnings
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,12 +48,17 @@ def _host_calls() -> list[torch.Tensor]:
     return [*out, *(p.detach() for p in params)]
 
 
+def _child_main(fn: Callable[[], bool]) -> None:
+    faulthandler.dump_traceback_later(100, exit=True)  # a hang: its stacks on stderr
+    exit(0 if fn() else 1)
+
+
 def _in_child(fn: Callable[[], bool]) -> int | None:
     """Run ``fn`` in a forked child; its exit code (0: ``fn`` returned True), None if it hung."""
     context = multiprocessing.get_context("fork")
     with warnings.catch_warnings():  # Python >= 3.12 warns about forking a threaded process
         warnings.simplefilter("ignore", DeprecationWarning)
-        proc = context.Process(target=lambda: exit(0 if fn() else 1))
+        proc = context.Process(target=_child_main, args=(fn,))
         proc.start()
     proc.join(120)  # a guard against a hang, not a timing
     if proc.is_alive():
@@ -69,7 +76,9 @@ def test_a_forked_child_runs_every_host_entry_point() -> None:
     assert pava._POOL is not None
 
     def child() -> bool:
-        return all(torch.equal(a, b) for a, b in zip(_host_calls(), want, strict=True))
+        # compared in NumPy: torch's own parallel ops may hang in a forked child (PROX-23)
+        got = _host_calls()
+        return all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(got, want, strict=True))
 
     assert _in_child(child) == 0, "the forked child hung or differed"
 

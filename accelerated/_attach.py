@@ -7,6 +7,8 @@ The configuration lives in the param groups (keys ``wsr_*``) so it survives
 
 from __future__ import annotations
 
+import numbers
+import warnings
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import _checks as checks
 from . import _distributed as distributed
@@ -36,6 +39,11 @@ class Attachment:
         self._optimizer = weakref.ref(optimizer)
         self._hook = optimizer.register_step_post_hook(_step_hook)
         self._deferred = DeferredCheck()
+        #: the groups the attachment has seen (a later one without keys is warned about once)
+        self._groups = len(optimizer.param_groups)
+        # the mark that a copy (deepcopy, pickle) of the optimizer carries and a state dict does
+        # not: the copy re-attaches itself at its first step (TRAIN-23)
+        optimizer.defaults = _AttachedDefaults(optimizer.defaults)
 
     def check(self) -> None:
         """Wait for the pending NaN/inf checks of CUDA parameters and raise if one failed.
@@ -52,12 +60,23 @@ class Attachment:
         if optimizer is not None and _LIVE.get(optimizer) is self:
             del _LIVE[optimizer]
             _strip(optimizer)
+            optimizer.defaults = dict(optimizer.defaults)
 
     def __enter__(self) -> Attachment:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+class _AttachedDefaults(dict[str, Any]):
+    """``optimizer.defaults`` of an attached optimizer: a plain dict that marks the attachment.
+
+    ``Optimizer.__getstate__`` keeps ``defaults``, ``state`` and ``param_groups`` only, so a
+    deepcopied or unpickled optimizer has the ``wsr_*`` keys but no hook; this mark (kept by the
+    copy, never written to a state dict, invisible to ``add_param_group``) tells the global step
+    hook to re-attach the copy.
+    """
 
 
 def _strip(optimizer: Optimizer) -> None:
@@ -99,6 +118,33 @@ def _check_method(method: object, like: Tensor) -> None:
     plain.prox_many([like.new_zeros(2)], 1.0, None, method)
 
 
+def _check_group(i: int, group: dict[str, Any]) -> list[Tensor]:
+    """The static checks of a group's ``wsr_*`` settings (no value is read); its attached
+    tensors. Run by ``attach(optimizer, None)`` and at every step (edited settings, TRAIN-22)."""
+    missing = [k for k in KEYS if k not in group]
+    if missing:
+        raise ValueError(f"param group {i} lacks the keys {missing}")
+    count, mask = len(group["params"]), group["wsr_mask"]
+    if not isinstance(mask, list | tuple) or len(mask) != count:
+        size = len(mask) if isinstance(mask, list | tuple) else type(mask).__name__
+        raise ValueError(f"param group {i} wsr_mask has {size} entries for {count} params")
+    _group_strength(group["wsr_lam"], count, f"param group {i} wsr_lam")
+    _group_strength(group["wsr_l1"], count, f"param group {i} wsr_l1")
+    method = group["wsr_method"]
+    if not isinstance(method, str) or method not in methods.ALL_METHODS:
+        raise ValueError(
+            f"param group {i} wsr_method: unknown method {method!r}; valid methods: "
+            f"{', '.join(methods.ALL_METHODS)}"
+        )
+    dim = group["wsr_dim"]
+    if dim is not None and (isinstance(dim, bool) or not isinstance(dim, numbers.Integral)):
+        raise TypeError(f"param group {i} wsr_dim must be an int or None, got {dim!r}")
+    attached = [p for p, on in zip(group["params"], mask, strict=True) if on]
+    for p in attached:
+        checks.normalize_dim(p, dim, f"param group {i} (wsr_dim) a parameter")
+    return attached
+
+
 def _resume(optimizer: Optimizer) -> None:
     groups = [g for g in optimizer.param_groups if "wsr_lam" in g]
     if not groups:
@@ -108,19 +154,7 @@ def _resume(optimizer: Optimizer) -> None:
     for i, group in enumerate(optimizer.param_groups):
         if "wsr_lam" not in group:
             continue
-        missing = [k for k in KEYS if k not in group]
-        if missing:
-            raise ValueError(f"param group {i} lacks the keys {missing}")
-        if len(group["wsr_mask"]) != len(group["params"]):
-            raise ValueError(
-                f"param group {i}: wsr_mask has {len(group['wsr_mask'])} entries for "
-                f"{len(group['params'])} params"
-            )
-        _group_strength(group["wsr_lam"], len(group["params"]), f"group {i} wsr_lam")
-        _group_strength(group["wsr_l1"], len(group["params"]), f"group {i} wsr_l1")
-        attached = [p for p, on in zip(group["params"], group["wsr_mask"], strict=True) if on]
-        for p in attached:
-            _check_dim(p, group["wsr_dim"])
+        attached = _check_group(i, group)
         if attached:
             _check_method(group["wsr_method"], attached[0])
 
@@ -276,14 +310,64 @@ def _screen(optimizer: Optimizer, tensors: list[Tensor]) -> None:
         attachment._deferred.submit([tensors[i] for i in cuda], [names[i] for i in cuda])
 
 
+def _found_inf(optimizer: Optimizer, kwargs: Any) -> Tensor | None:
+    """The skipped-step flag of mixed precision, where the step can see one (TRAIN-22).
+
+    ``torch.amp.GradScaler`` runs the step of an optimizer that handles the scaling itself (the
+    fused Adam, AdamW, SGD, Adagrad: ``_step_supports_amp_scaling``) even when the gradients hold
+    inf/NaN, with the attributes ``optimizer.found_inf`` (nonzero: the step changed nothing) and
+    ``optimizer.grad_scale`` set during it; optimizers with a ``grad_scaler`` argument receive the
+    scaler instead. Other optimizers are not stepped at all on a skipped step.
+    """
+    found = kwargs.get("found_inf") if isinstance(kwargs, dict) else None
+    if found is None:
+        found = getattr(optimizer, "found_inf", None)
+    scaler = kwargs.get("grad_scaler") if isinstance(kwargs, dict) else None
+    if found is None and scaler is not None and hasattr(scaler, "_found_inf_per_device"):
+        per_device = list(scaler._found_inf_per_device(optimizer).values())
+        found = sum(per_device[1:], per_device[0]) if per_device else None
+    return found if isinstance(found, Tensor) else None
+
+
+def _new_groups(optimizer: Optimizer) -> None:
+    """Warn once about param groups added after attach without their own ``wsr_*`` keys."""
+    attachment = _LIVE.get(optimizer)
+    if attachment is None or len(optimizer.param_groups) <= attachment._groups:
+        return
+    bare = [
+        i
+        for i in range(attachment._groups, len(optimizer.param_groups))
+        if not any(k in optimizer.param_groups[i] for k in KEYS)
+    ]
+    attachment._groups = len(optimizer.param_groups)
+    if bare:
+        warnings.warn(
+            f"weightshare.attach: param group(s) {bare} were added after attach and are not "
+            "regularised; give such a group its own wsr_* keys (wsr_lam, wsr_l1, wsr_dim, "
+            "wsr_method, wsr_mask) or re-attach (handle.remove(), then attach(...))",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def _step_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+    found_inf = _found_inf(optimizer, kwargs)
+    skip: Tensor | None = None  # on CUDA: a device-side flag, applied by a select (no sync)
+    if found_inf is not None:
+        if not found_inf.is_cuda:
+            if bool(found_inf.ne(0).any()):
+                return  # a skipped step: no prox, no l1
+        else:
+            skip = found_inf.ne(0).any()
+    _new_groups(optimizer)
     # (dim, method) -> (tensors, prox strengths, l1 thresholds)
     jobs: dict[tuple[int | None, str], tuple[list[Tensor], list[float], list[float]]] = {}
     configured = False
-    for group in optimizer.param_groups:
-        if "wsr_lam" not in group:
+    for i, group in enumerate(optimizer.param_groups):
+        if not any(k in group for k in KEYS):
             continue
         configured = True
+        _check_group(i, group)
         lr = float(group["lr"])
         todo = jobs.setdefault((group["wsr_dim"], group["wsr_method"]), ([], [], []))
         for j, (p, on) in enumerate(zip(group["params"], group["wsr_mask"], strict=True)):
@@ -316,6 +400,35 @@ def _step_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
                     outs[i] = out
             for p, out, t in zip(tensors, outs, thresholds, strict=True):
                 if t > 0:
-                    p.copy_(plain.soft_threshold_unchecked(out, t))
-                elif out is not p:
+                    out = plain.soft_threshold_unchecked(out, t)
+                if skip is not None:
+                    out = torch.where(skip.to(p.device, non_blocking=True), p, out)
+                if out is not p:
                     p.copy_(out)
+
+
+#: optimizers already warned about ``wsr_*`` keys without a hook
+_WARNED: weakref.WeakSet[Optimizer] = weakref.WeakSet()
+
+
+def _global_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+    """Runs after every optimizer's step (registered when weightshare is imported): a copy of an
+    attached optimizer re-attaches itself and gets this step's prox; an optimizer with ``wsr_*``
+    keys but no attachment (a state dict loaded into a fresh optimizer) is warned about once."""
+    if optimizer in _LIVE or not any("wsr_lam" in g for g in optimizer.param_groups):
+        return
+    if isinstance(optimizer.defaults, _AttachedDefaults):
+        attach(optimizer, None)
+        _step_hook(optimizer, args, kwargs)
+    elif optimizer not in _WARNED:
+        _WARNED.add(optimizer)
+        warnings.warn(
+            f"the param groups of this {type(optimizer).__name__} carry wsr_* settings but no "
+            "prox is attached (a state dict loaded into a fresh optimizer?): its steps run "
+            "without the prox; call weightshare.attach(optimizer, None) to resume",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+register_optimizer_step_post_hook(_global_hook)

@@ -189,8 +189,9 @@ def tensor_list(tensors: object, name: str = "tensors") -> list[torch.Tensor]:
 
 
 def should_validate(t: torch.Tensor) -> bool:
-    """False while compiling, capturing a CUDA graph or inside a functorch transform."""
-    if torch.compiler.is_compiling():
+    """False while compiling, capturing a CUDA graph, inside a functorch transform, and for meta
+    tensors (which hold no values)."""
+    if torch.compiler.is_compiling() or t.device.type == "meta":
         return False
     if t.is_cuda and torch.cuda.is_current_stream_capturing():
         return False

@@ -16,6 +16,7 @@ all-to-all brings the result back.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -125,16 +126,19 @@ def _prox_vector(x: torch.Tensor, lam: float, group: Any, method: str) -> torch.
     idx = idx.clamp_max(max(n - 1, 0)).to(x.device)
     bad = int((~torch.isfinite(x)).sum()) if checks.should_validate(x) else 0
     head = torch.tensor([n, bad], dtype=torch.float64, device=x.device)
+    ends = xs[[0, -1]].double() if n else torch.tensor([math.inf, -math.inf], device=x.device)
     values = xs[idx].double() if n else torch.zeros(SAMPLES, dtype=torch.float64, device=x.device)
-    info = _all_gather(torch.cat([head, values, idx.double()]), group).cpu().numpy()
+    info = _all_gather(torch.cat([head, ends.double(), values, idx.double()]), group).cpu().numpy()
     sizes, bads = info[:, 0].astype(np.int64), info[:, 1]
     if bads.any():
         raise checks.nonfinite("v", int(bads.sum()))
     d = int(sizes.sum())
+    # PROX-21: every λ >= max - min collapses the vector; clamped, the ramp stays of its size
+    lam = min(lam, float(info[:, 3].max() - info[:, 2].min())) if d else lam
     if d < 2 or lam == 0.0:
         return x.clone()
     # 2. splitters at the weighted quantiles of the samples; this rank's runs; all-to-all
-    splitters = _splitters(info[:, 2 : 2 + SAMPLES], info[:, 2 + SAMPLES :], sizes, p)
+    splitters = _splitters(info[:, 4 : 4 + SAMPLES], info[:, 4 + SAMPLES :], sizes, p)
     cuts = [0, *(_position(xs, s, me) for s in splitters), n]
     send = np.diff(cuts).tolist()
     counts = _all_gather(torch.tensor(send, dtype=torch.int64, device=x.device), group).cpu()

@@ -135,6 +135,9 @@ class HashedLinear(_HashedWeight):
         )
 
 
+_PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+
+
 class HashedConv2d(_HashedWeight):
     r"""A conv2d whose $(C_{out}, C_{in}/g, k_h, k_w)$ kernel is read from $K$ buckets.
 
@@ -144,9 +147,11 @@ class HashedConv2d(_HashedWeight):
         kernel_size: $(k_h, k_w)$ or one int.
         num_buckets: $K$, the number of free kernel values.
         stride: As in ``torch.nn.Conv2d``.
-        padding: As in ``torch.nn.Conv2d`` (ints, a pair or ``"same"``/``"valid"``; zeros).
+        padding: As in ``torch.nn.Conv2d`` (ints, a pair or ``"same"``/``"valid"``).
         dilation: As in ``torch.nn.Conv2d``.
         groups: As in ``torch.nn.Conv2d``.
+        padding_mode: As in ``torch.nn.Conv2d``: ``"zeros"``, ``"reflect"``, ``"replicate"`` or
+            ``"circular"``.
         hash: As in :class:`HashedLinear`; ``"dense"`` needs $K$ = numel of the kernel.
         seed: The seed of the index and sign tables.
         signed: Use the HashedNets sign table $\xi$.
@@ -167,6 +172,7 @@ class HashedConv2d(_HashedWeight):
         padding: int | tuple[int, int] | str = 0,
         dilation: int | tuple[int, int] = 1,
         groups: int = 1,
+        padding_mode: str = "zeros",
         hash: str | HashFn = "uniform",
         seed: int = 0,
         signed: bool = True,
@@ -176,6 +182,9 @@ class HashedConv2d(_HashedWeight):
         **hash_kwargs: Any,
     ) -> None:
         super().__init__()
+        if padding_mode not in _PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {_PADDING_MODES}, got {padding_mode!r}")
+        self.padding_mode = padding_mode
         self.in_channels = check_int(in_channels, "in_channels")
         self.out_channels = check_int(out_channels, "out_channels")
         self.groups = check_int(groups, "groups")
@@ -208,16 +217,31 @@ class HashedConv2d(_HashedWeight):
         self._reset(fan_in, self.bias)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        """``F.conv2d`` with the materialized kernel."""
+        """``F.conv2d`` with the materialized kernel (after ``F.pad`` for non-zero padding)."""
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            input, padding = F.pad(input, self._pads(), mode=self.padding_mode), 0
         return F.conv2d(
-            input, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups
+            input, self.weight, self.bias, self.stride, padding, self.dilation, self.groups
         )
+
+    def _pads(self) -> tuple[int, int, int, int]:
+        """``F.pad``'s (left, right, top, bottom) for ``self.padding``, as ``nn.Conv2d`` pads."""
+        if isinstance(self.padding, str):
+            if self.padding == "valid":
+                return (0, 0, 0, 0)
+            dh, dw = (self.dilation,) * 2 if isinstance(self.dilation, int) else self.dilation
+            th, tw = dh * (self.kernel_size[0] - 1), dw * (self.kernel_size[1] - 1)
+            return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+        ph, pw = (self.padding,) * 2 if isinstance(self.padding, int) else self.padding
+        return (pw, pw, ph, ph)
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
-            f"groups={self.groups}, {self._repr_hash()}, bias={self.bias is not None}"
+            f"groups={self.groups}, padding_mode={self.padding_mode!r}, {self._repr_hash()}, "
+            f"bias={self.bias is not None}"
         )
 
 

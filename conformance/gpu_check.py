@@ -19,7 +19,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: the suites with CUDA cases; tests that need CVXPY are not selected (none is a CUDA case)
-SUITES = ("test_prox.py", "test_algorithms.py", "test_penalty.py", "test_training.py")
+SUITES = (
+    "test_prox.py",
+    "test_algorithms.py",
+    "test_penalty.py",
+    "test_training.py",
+    "test_ecosystem.py",
+)
 
 
 def package_tree() -> Path:

@@ -58,7 +58,7 @@ def test_every_check_is_registered() -> None:
     drop its tests silently), each naming the requirements it proves."""
     expected = {
         *("api_local", "api_gather", "api_2d", "autograd"),  # placements
-        *("api_sort", "auto_path", "errors"),  # sort_path, errors
+        *("api_sort", "auto_path", "huge_strength", "errors"),  # sort_path, errors
         *("fsdp_training", "tp_training", "fsdp_state_dict", "fsdp_tie"),  # training
     }
     assert set(CHECKS) == expected, set(CHECKS) ^ expected

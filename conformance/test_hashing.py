@@ -695,3 +695,21 @@ def test_bad_layer_arguments() -> None:
         hashing.hashed(lin, num_buckets=3)
     with pytest.raises(ValueError, match=r"assigned weight has shape \(3, 2\), expected \(2, 3\)"):
         lin.weight = torch.zeros(3, 2)
+
+
+@pytest.mark.req("HASH-12")
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("padding", [1, (2, 1), "same", "valid"])
+def test_hashed_conv2d_padding_modes_equal_conv2d(mode: str, padding: object) -> None:
+    layer = nn.HashedConv2d(3, 4, 3, 10, padding=padding, padding_mode=mode, dilation=2,
+                            dtype=torch.float64)  # fmt: skip
+    conv = torch.nn.Conv2d(3, 4, 3, padding=padding, padding_mode=mode, dilation=2,
+                           dtype=torch.float64)  # fmt: skip
+    with torch.no_grad():
+        conv.weight.copy_(layer.weight)
+        conv.bias.copy_(layer.bias)
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), conv(x), rtol=1e-12, atol=1e-12)
+    assert f"padding_mode={mode!r}" in repr(layer)
+    with pytest.raises(ValueError, match="padding_mode must be one of"):
+        nn.HashedConv2d(3, 4, 3, 10, padding_mode="mirror")

@@ -62,4 +62,11 @@ def test_readme_tour_runs_as_written() -> None:
     blocks = re.findall(r"```python\n(.*?)```", readme.read_text(encoding="utf-8"), flags=re.S)
     assert blocks, "README.md has no python block"
     for block in blocks:
-        exec(compile(block, str(readme), "exec"), {})
+        namespace: dict[str, object] = {}
+        exec(compile(block, str(readme), "exec"), namespace)
+        opt = namespace.get("opt")
+        if opt is not None:  # the tour ties before it builds the retraining optimizer
+            assert hasattr(namespace["model"][0], "parametrizations")  # type: ignore[index]
+            groups = opt.param_groups  # type: ignore[attr-defined]
+            assert not any(k.startswith("wsr_") for g in groups for k in g), "prox on a tie"
+            assert not opt.state  # type: ignore[attr-defined]

@@ -165,6 +165,50 @@ def test_collapse_threshold(v: np.ndarray) -> None:
         assert u.max() > u.min()
 
 
+@pytest.mark.req("PROX-21")
+@pytest.mark.parametrize("method", ALL_METHODS)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    v=vectors(min_size=2, max_size=24),
+    over=st.floats(1.0, 1e300),
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+)
+def test_extreme_strengths_return_the_mean(
+    method: str, v: np.ndarray, over: float, dtype: torch.dtype
+) -> None:
+    """λ from the collapse threshold up to 1e300: the mean, in every method and the reference."""
+    need(method)
+    lam = min(max(collapse_threshold(v), 1e-300) * over, 1e300)
+    s = float(np.abs(v).max())
+    mean = np.full(v.size, v.mean())
+    for got in (reference.prox_pava(v, lam), reference.prox_particles(v, lam)):
+        np.testing.assert_allclose(got, mean, rtol=0, atol=1e-9 * s)
+    x = torch.from_numpy(v).to(dtype)
+    tol = {"rtol": 0, "atol": 1e-9 * s if dtype == torch.float64 else 1e-6 * s + 1e-30}
+    want = torch.full_like(x, float(x.double().mean()))
+    torch.testing.assert_close(weightshare.prox(x, lam, method=method), want, **tol)
+    rows = torch.stack([x, x.flip(0)])  # per-row strengths, and the fused pass of prox_many
+    torch.testing.assert_close(
+        weightshare.prox(rows, torch.tensor([lam, 0.0], dtype=torch.float64), dim=1, method=method)[
+            0
+        ],
+        want,
+        **tol,
+    )
+    fused = weightshare.prox_many([x, rows[:, :-1]], lam, dim=-1, method=method)
+    torch.testing.assert_close(fused[0], want, **tol)
+
+
+@pytest.mark.req("PROX-21")
+def test_huge_strength_examples() -> None:
+    three = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    assert torch.equal(weightshare.prox(three, 1e17), torch.full((3,), 2.0, dtype=torch.float64))
+    assert reference.prox_pava(three.numpy(), 1e17).tolist() == [2.0, 2.0, 2.0]
+    v = torch.randn(100, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(weightshare.prox(v, 1e30), v.mean().expand(100), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(reference.prox(v[:10].numpy(), 1e300), v[:10].mean(), atol=1e-6)
+
+
 @pytest.mark.req("PROX-6", "PROX-19")
 @given(
     v=vectors(max_size=15),
@@ -753,3 +797,41 @@ def test_one_dim_rule() -> None:
     ):
         with pytest.raises(IndexError, match=r"dim 1 is out of range .*shape \(\)|shape \(3,\)"):
             call()
+
+
+@pytest.mark.req("PROX-22")
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_negative_bit_views_are_their_values(method: str) -> None:
+    need(method)
+    x = torch.randn(3, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    neg = torch._neg_view(x)
+    assert neg.is_neg()
+    for dim in (None, 1):
+        want = weightshare.prox(-x, 0.2, dim, method=method)
+        assert torch.equal(weightshare.prox(neg, 0.2, dim, method=method), want)
+        assert torch.equal(weightshare.prox_many([neg], 0.2, dim, method=method)[0], want)
+    assert torch.equal(weightshare.clusters(neg), weightshare.clusters(-x))
+
+
+@pytest.mark.req("PROX-22")
+def test_meta_vmap_and_compile_with_pava() -> None:
+    meta = torch.empty(4, 6, device="meta")
+    out = weightshare.prox(meta, 0.2, dim=1)  # "auto": "hull", no validation
+    assert out.device.type == "meta" and out.shape == meta.shape
+    for call in (
+        lambda: weightshare.prox(meta, 0.2, method="pava"),
+        lambda: weightshare.prox_many([meta], 0.2, method="pava"),
+    ):
+        with pytest.raises(TypeError, match=r"method='pava'.*meta tensor.*method='hull'"):
+            call()
+    x = torch.randn(3, 6)
+    want = weightshare.prox(x, 0.2, dim=1)
+    with pytest.raises(ValueError, match=r"method='pava'.*vmap.*method='auto'"):
+        torch.func.vmap(lambda t: weightshare.prox(t, 0.2, method="pava"))(x)
+    torch.testing.assert_close(torch.func.vmap(lambda t: weightshare.prox(t, 0.2))(x), want)
+    grad = torch.func.grad(lambda t: weightshare.prox(t, 0.2, method="pava").sum())(x[0])
+    torch.testing.assert_close(grad, torch.ones(6))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda t: weightshare.prox(t, 0.2, method="pava"), fullgraph=True)
+    with pytest.raises(RuntimeError, match=r"method='pava' runs in NumPy, which torch\.compile"):
+        compiled(x[0])

@@ -250,7 +250,7 @@ def test_keys_round_trip_and_are_read_each_step() -> None:
     np.testing.assert_allclose(w2.detach().numpy(), want2, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.req("TRAIN-5")
+@pytest.mark.req("TRAIN-5", "TRAIN-23")
 @pytest.mark.parametrize("order", ["resume_after_load", "attach_before_load"])
 def test_reattach_after_load(order: str) -> None:
     model = mlp()
@@ -271,8 +271,10 @@ def test_reattach_after_load(order: str) -> None:
     model3 = copy.deepcopy(model)  # the same load without any attachment: a plain step
     opt3 = torch.optim.SGD(model3.parameters(), lr=0.2, momentum=0.9)
     opt3.load_state_dict(saved)
-    for m, o in ((model, opt), (model2, opt2), (model3, opt3)):
+    for m, o in ((model, opt), (model2, opt2)):
         train_step(m, o, x, y)
+    with pytest.warns(UserWarning, match=r"no prox is attached.*attach\(optimizer, None\)"):
+        train_step(model3, opt3, x, y)  # TRAIN-23: warned, once
     for p, q in zip(model.parameters(), model2.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     assert not torch.equal(model2[2].weight, model3[2].weight)  # the prox did act

@@ -41,6 +41,18 @@ def ramp(d: int) -> NDArray[np.float64]:
     return (2.0 * k - d - 1.0) / (d - 1.0)
 
 
+def collapse_clamp(x: NDArray[np.float64], lam: float) -> float:
+    r"""``min(lam, max(x) - min(x))``: the same prox (PROX-5), without huge ramp terms.
+
+    Every $\lambda \ge \max_i x_i - \min_i x_i \ge \lambda^*(x)$ collapses ``x`` to its mean, so
+    clamping changes nothing in exact arithmetic; in floating point it keeps $\lambda c_k$ of the
+    size of ``x``, so an enormous λ (up to the largest float) still returns the mean (PROX-21).
+    """
+    if x.size < 2:
+        return lam
+    return min(lam, float(x.max() - x.min()))
+
+
 def pava(y: ArrayLike) -> NDArray[np.float64]:
     """Non-decreasing unit-weight isotonic regression by the textbook pool-adjacent-violators.
 
@@ -155,6 +167,7 @@ def prox(v: ArrayLike, lam: float) -> NDArray[np.float64]:
     lam = _as_lam(lam)
     d = x.size
     _check_cvxpy_size(d, "prox")
+    lam = collapse_clamp(x, lam)
     if d < 2 or lam == 0.0:
         return x
     import cvxpy as cp
@@ -187,7 +200,7 @@ def prox_pava(v: ArrayLike, lam: float) -> NDArray[np.float64]:
         ValueError: for a bad ``v`` or a negative or non-finite ``lam``.
     """
     x = as_vector(v, "v")
-    lam = _as_lam(lam)
+    lam = collapse_clamp(x, _as_lam(lam))
     if lam == 0.0:
         return x
     order = np.argsort(x, kind="stable")
@@ -218,7 +231,7 @@ def prox_particles(v: ArrayLike, lam: float) -> NDArray[np.float64]:
         ValueError: for a bad ``v`` or a negative or non-finite ``lam``.
     """
     x = as_vector(v, "v")
-    lam = _as_lam(lam)
+    lam = collapse_clamp(x, _as_lam(lam))
     d = x.size
     order = np.argsort(x, kind="stable")
     pos0 = x[order].tolist()

@@ -60,7 +60,7 @@ class Backend:
         xs, perm = torch.sort(rows, dim=1)
         z = xs.to(torch.float64)
         if is_active(d, lam):
-            z = z - lam * _rows.ramp(d, rows.device)
+            z = z - collapse_clamp(xs, lam) * _rows.ramp(d, rows.device)
             z = self.isotonic(z.contiguous())
         out = torch.zeros_like(rows).scatter(1, perm, z.to(rows.dtype))
         return out, perm, z
@@ -99,7 +99,7 @@ class Backend:
         k = torch.arange(width, dtype=torch.float64, device=device)
         real = k < d_row
         ramp = torch.where(real, (2.0 * k - (d_row - 1)) / (d_row - 1).clamp_min(1.0), 0.0)
-        z = xs.to(torch.float64) - stacked_strengths(rows, lams) * ramp
+        z = xs.to(torch.float64) - collapse_clamp(xs, stacked_strengths(rows, lams)) * ramp
         top = torch.where(real, z, -torch.inf).amax(1, keepdim=True)
         z = self.isotonic(torch.where(real, z, top).contiguous())
         out = torch.zeros_like(padded).scatter(1, perm, z.to(padded.dtype))
@@ -109,6 +109,17 @@ class Backend:
 def is_active(d: int, lam: float | torch.Tensor) -> bool:
     """Whether the prox can move a row of length ``d`` (else it is the identity)."""
     return d > 1 and (isinstance(lam, torch.Tensor) or lam != 0.0)
+
+
+def collapse_clamp(xs: torch.Tensor, lam: float | torch.Tensor) -> torch.Tensor:
+    r"""Per sorted row of ``xs`` (the padding, if any, at the row maximum), the float64 ``(B, 1)``
+    strength ``min(lam, max - min)``: the same prox, since every $\lambda \ge \max - \min$
+    collapses the row to its mean (PROX-5), but with ramp terms of the row's size, so that a huge
+    λ still returns the mean (PROX-21). Sync-free."""
+    span = xs[:, -1:].to(torch.float64) - xs[:, :1].to(torch.float64)
+    if isinstance(lam, torch.Tensor):
+        return torch.minimum(span, lam)
+    return span.clamp(max=lam)
 
 
 def stacked_strengths(

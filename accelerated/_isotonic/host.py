@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .backend import Backend, RowsResult
-from .pava import isotonic_pava, parallel_rows, pava_row_, pool, threads
+from .pava import in_worker, isotonic_pava, parallel_rows, pava_row_, pool, threads
 
 #: From this length on, a single vector is sorted as several buckets on several threads.
 SPLIT_MIN = 1 << 18
@@ -53,6 +53,11 @@ def subtract_ramp_(z: np.ndarray, lam: float) -> None:
         b = min(d, a + _CHUNK)
         c = (2.0 * np.arange(a, b, dtype=np.float64) - (d - 1)) / (d - 1)
         z[a:b] -= lam * c
+
+
+def collapse_clamp(sorted_row: np.ndarray, lam: float) -> float:
+    """``min(lam, max - min)`` of a sorted row: the same prox (PROX-5), exact for a huge λ."""
+    return min(lam, float(sorted_row[-1]) - float(sorted_row[0]))
 
 
 def _keys_(x: np.ndarray, keys: np.ndarray, bits: int) -> None:
@@ -152,15 +157,16 @@ def prox_rows(
     rows, d = x.shape
     if rows == 0 or d == 0:
         return
-    if rows == 1 and d >= SPLIT_MIN and _idle_cores() >= 1:
+    if rows == 1 and d >= SPLIT_MIN and not in_worker() and _idle_cores() >= 1:
         _prox_long(x[0], float(lam[0]), out[0], perm[0], zs[0])
         return
 
     def work(a: int, b: int) -> None:
         for r in range(a, b):
             sort_with_index_(x[r], perm[r], zs[r])
-            if d > 1 and lam[r] != 0.0:
-                subtract_ramp_(zs[r], float(lam[r]))
+            lam_r = collapse_clamp(zs[r], float(lam[r])) if d > 1 else 0.0
+            if lam_r != 0.0:  # 0: the identity (a constant row is its own mean)
+                subtract_ramp_(zs[r], lam_r)
                 pava_row_(zs[r])
             out[r][perm[r]] = zs[r]
 
@@ -190,6 +196,7 @@ def _prox_long(x: np.ndarray, lam: float, out: np.ndarray, perm: np.ndarray, z: 
     futures = [pool().submit(sort_bucket, j) for j in range(len(offsets) - 1)]
     for f in futures:
         f.result()
+    lam = collapse_clamp(z, lam)
     if lam != 0.0:
         subtract_ramp_(z, lam)
         pava_row_(z)
@@ -202,11 +209,34 @@ def _prox_long(x: np.ndarray, lam: float, out: np.ndarray, perm: np.ndarray, z: 
 _HOST_DTYPES = (torch.float32, torch.float64)
 
 
+def check_host_data(t: torch.Tensor) -> None:
+    """Errors for a tensor whose values NumPy cannot read: meta (TypeError), a ``vmap`` batch or
+    a ``torch.compile`` trace (ValueError), each naming the method and the alternative."""
+    if t.device.type == "meta":
+        raise TypeError(
+            "method='pava' computes on the tensor's values and a meta tensor has none; use "
+            "method='hull' (or 'auto', which picks it there)"
+        )
+    if torch.compiler.is_compiling():
+        raise ValueError(
+            "method='pava' runs in NumPy, which torch.compile cannot trace; use method='auto' "
+            "(it picks 'hull' while compiling) or method='hull'"
+        )
+    if torch._C._functorch.is_batchedtensor(t):
+        raise ValueError(
+            "method='pava' runs in NumPy, which torch.func.vmap cannot batch; use method='auto' "
+            "(it picks a torch-op method inside vmap) or method='hull'"
+        )
+
+
 class HostBackend(Backend):
     """The "pava" backend: every row set on the host, spread over one thread pool."""
 
     def __init__(self) -> None:
         super().__init__("pava", isotonic_pava)
+
+    def check_device(self, t: torch.Tensor) -> None:
+        check_host_data(t)
 
     def group(self, rows: torch.Tensor) -> Hashable:
         return "host"  # any dtype and device: the host threads take them all at once
@@ -214,6 +244,7 @@ class HostBackend(Backend):
     def prox_rows(
         self, rows: torch.Tensor, lam: float | torch.Tensor, with_z: bool = True
     ) -> RowsResult:
+        check_host_data(rows)
         b, d = rows.shape
         device, dtype = rows.device, rows.dtype
         x = rows.detach().to("cpu")
@@ -236,7 +267,11 @@ class HostBackend(Backend):
         self, rows: list[torch.Tensor], lams: list[float | torch.Tensor]
     ) -> list[torch.Tensor]:
         """Large row sets one by one (each using every thread), small ones spread over the pool."""
-        large = [i for i, r in enumerate(rows) if r.numel() >= SPLIT_MIN // 2 or threads() == 1]
+        large = [
+            i
+            for i, r in enumerate(rows)
+            if r.numel() >= SPLIT_MIN // 2 or threads() == 1 or in_worker()
+        ]
         small = [i for i in range(len(rows)) if i not in set(large)]
         outs: list[torch.Tensor | None] = [None] * len(rows)
         for i in large:

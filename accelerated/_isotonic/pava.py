@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -43,28 +44,58 @@ def pava_row_(z: np.ndarray) -> None:
 
 
 def threads() -> int:
-    """Worker threads for host-side work: the usable cores, at most 8."""
+    """Worker threads for host-side work: ``torch.get_num_threads()`` (so ``OMP_NUM_THREADS`` and
+    ``torch.set_num_threads`` rule it; 1 in a DataLoader worker), at most the usable cores."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
-    return max(1, min(cores, 8))
+    return max(1, min(cores, torch.get_num_threads()))
 
 
 _POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
+_LOCAL = threading.local()
+
+
+def _mark_worker() -> None:
+    _LOCAL.worker = True
+
+
+def in_worker() -> bool:
+    """Whether this thread is one of the pool's: work it would submit runs inline instead (a
+    worker waiting on the pool it occupies could wait forever)."""
+    return getattr(_LOCAL, "worker", False)
 
 
 def pool() -> ThreadPoolExecutor:
-    """A process-wide thread pool (NumPy and SciPy release the GIL in their kernels)."""
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=threads(), thread_name_prefix="weightshare")
+    """A process-wide pool of :func:`threads` threads (NumPy and SciPy release the GIL in their
+    kernels); re-made when the thread count changes, and after ``fork`` in the child (whose copy
+    of the pool has no threads: work submitted to it would wait forever)."""
+    global _POOL, _POOL_SIZE
+    size = threads()
+    if _POOL is None or _POOL_SIZE != size:
+        if _POOL is not None:
+            _POOL.shutdown(wait=False)
+        _POOL = ThreadPoolExecutor(
+            max_workers=size, thread_name_prefix="weightshare", initializer=_mark_worker
+        )
+        _POOL_SIZE = size
     return _POOL
+
+
+def _forget_pool() -> None:
+    """In a forked child: drop the parent's pool (its threads did not survive the fork)."""
+    global _POOL, _POOL_SIZE
+    _POOL, _POOL_SIZE = None, 0
+
+
+os.register_at_fork(after_in_child=_forget_pool)
 
 
 def parallel_rows(fn: Callable[[int, int], None], rows: int, cost: int) -> None:
     """Run ``fn(start, stop)`` over row ranges, on several threads when the work is large."""
-    workers = min(threads(), rows) if cost >= 1 << 16 else 1
+    workers = min(threads(), rows) if cost >= 1 << 16 and not in_worker() else 1
     if workers <= 1:
         fn(0, rows)
         return

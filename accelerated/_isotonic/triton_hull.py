@@ -75,7 +75,8 @@ def _prepare_kernel(
 ):
     """z[r, 0] = 0; z[r, k] = y[r, k-1] - shift[r] for k <= n; pad - shift[r] after.
 
-    ``y = x - lam * ramp`` (``RAMP``) or ``x``; the pad is ``max(x) + lam`` for sorted rows
+    ``y = x - lam * ramp`` (``RAMP``) or ``x``, with ``lam`` clamped to ``max(x) - min(x)`` for
+    sorted rows (``SORTED_PAD``, PROX-21); the pad is then ``max(x) + lam``
     (``SORTED_PAD``: an upper bound of every ``y``, since the ramp is >= -1) or ``pad_ptr[r]``.
     """
     g, live = _lanes(total, BLOCK)
@@ -84,13 +85,17 @@ def _prepare_kernel(
     shift = tl.load(shift_ptr + row, mask=live, other=0.0)
     # a float64 strength per row, or one for all (scalar kernel arguments would be float32)
     lam_r = tl.load(lam_ptr + row * lam_stride, mask=live, other=0.0)
+    if SORTED_PAD:  # sorted rows: clamp λ to max - min, the same prox (PROX-21)
+        top = tl.load(x_ptr + row * n + (n - 1), mask=live, other=0.0).to(tl.float64)
+        low = tl.load(x_ptr + row * n, mask=live, other=0.0).to(tl.float64)
+        lam_r = tl.minimum(lam_r, top - low)
     e = k - 1
     real = live & (k >= 1) & (k <= n)
     y = tl.load(x_ptr + row * n + e, mask=real, other=0.0).to(tl.float64)
     if RAMP:
         y = y - lam_r * ((2.0 * e.to(tl.float64) - (n - 1)) / (n - 1))
     if SORTED_PAD:
-        pad = tl.load(x_ptr + row * n + (n - 1), mask=live, other=0.0).to(tl.float64) + lam_r
+        pad = top + lam_r
     else:
         pad = tl.load(pad_ptr + row, mask=live, other=0.0).to(tl.float64)
     z = tl.where(k == 0, 0.0, tl.where(real, y, pad) - shift)

@@ -69,3 +69,21 @@ def auto_path(ctx: Ctx) -> None:
     assert gathered == (ctx.world in (2,)), f"auto path on {ctx.world} ranks: {traffic.ops}"
     with sharded_path("gather"):
         close(out, ws.prox(x, 0.5).full_tensor().cpu(), "auto path against the gather path")
+
+
+@check("PROX-21", "DIST-4")
+def huge_strength(ctx: Ctx) -> None:
+    """A λ far above the collapse threshold returns the mean on both split-vector paths."""
+    for path in ("sort", "gather"):
+        with sharded_path(path):
+            for shape, dim in (((300,), None), ((9, 13), 0)):
+                full = ctx.full(*shape, seed=3)
+                x = ctx.shard(full, [Shard(0)])
+                for lam in (1e17, 1e300):
+                    out = ws.prox(x, lam, dim).full_tensor().cpu()
+                    mean = full.mean() if dim is None else full.mean(dim, keepdim=True)
+                    tol = 1e-12 * float(full.abs().max())
+                    torch.testing.assert_close(
+                        out, mean.expand_as(full).cpu(), rtol=0, atol=tol,
+                        msg=lambda m, p=path, s=shape, lam=lam: f"{p} {s} lam={lam}: {m}",
+                    )  # fmt: skip

@@ -95,7 +95,7 @@ DATASET_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
             "seeds": 5,
             "tuning_seeds": 3,
             "epochs": 30,
-            "depths": [2, 3],
+            "depths": [1, 2, 3, 4],
             "lr_grid": [0.3, 1.0],
             "tune_lams": [1e-3, 3.2e-3],
             "lam_grid": _FINE[::3],

@@ -64,7 +64,7 @@ MNIST5K = presets(
         "tuning_seeds": 3,
         "epochs": 10,  # reduced to fit the shared 2-core machine: see the page
         "lr_grid": [0.03, 0.1],
-        "settings": [[[1000], 1 / 8], [[1000], 1 / 32], [[1000], 1 / 64]],
+        "settings": [[[1000], 1 / 8], [[1000], 1 / 32], [[1000], 1 / 64], [[1000, 1000], 1 / 64]],
     },
     quick={
         "seeds": 2,

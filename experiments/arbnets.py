@@ -270,6 +270,7 @@ def _protocol_run(ctx, cfg, wsnn, data) -> tuple[dict[str, Any], str, list]:
     settings, claims, tables = [], [], []
     lo, hi = f"dirichlet α={min(cfg['alphas']):g}", f"dirichlet α={max(cfg['alphas']):g}"
     r0, rmax = "neighborhood r=0", f"neighborhood r={max(cfg['radii'])}"
+    r0k = "neighborhood r=0, K+1"
     for hidden, compression in cfg["settings"]:
         name = f"{'-'.join(map(str, hidden))} at 1/{round(1 / compression)}"
         one = _setting(ctx, cfg, wsnn, data, hidden, compression, tseeds, f" {name}")
@@ -282,6 +283,8 @@ def _protocol_run(ctx, cfg, wsnn, data) -> tuple[dict[str, Any], str, list]:
             (f"balance helps: uniform beats {lo} ({name})", "uniform", lo),
             (f"balance helps: {hi} beats {lo} ({name})", hi, lo),
             (f"determinism helps: r=0 beats r={max(cfg['radii'])} ({name})", r0, rmax),
+            # i mod (K+1): deterministic without the duplicated rows i mod K can give (see page)
+            (f"determinism helps: r=0, K+1 beats r={max(cfg['radii'])} ({name})", r0k, rmax),
         ]
         mine = [protocol.claim(t, a, b, acc(a), acc(b)) for t, a, b in pairs]
         balance = [lab for lab in v if lab.startswith("dirichlet") or lab == "uniform"]

@@ -557,21 +557,24 @@ def _protocol_run(ctx, cfg, go, build, data, fac, lams) -> tuple[dict[str, Any],
         f"mean validation accuracy over {len(tseeds)} tuning seeds.\n"
         f"\nPaired comparisons over {ctx.seeds} seeds:\n\n" + protocol.claims_table(claims)
     )
+    fig = compression_figure(ctx.out_dir, final, cfg["targets"])
+    write_results(ctx, summary, table)
+    return summary, table, [fig]
+
+
+def compression_figure(out_dir, final, targets) -> Any:
+    """Test accuracy against the CR reached (geometric mean over the seeds whose network is
+    alive), with seed bands, per method; ``final[(method, target)]`` holds the runs."""
     series = {}
-    for m in methods:
+    for m in dict.fromkeys(m for m, _ in final):
         pts = []
-        for tt in cfg["targets"]:
+        for tt in targets:
             rs = [r for r in final.get((m, tt), []) if math.isfinite(r["cr"]) and r["cr"] > 0]
             if rs:
                 cr = math.exp(sum(math.log(r["cr"]) for r in rs) / len(rs))
                 ms = mean_std([r["test_acc"] for r in rs])
                 pts.append((cr, ms["mean"], ms["std"]))
         series[m] = pts
-    fig = plotting.bands(
-        series,
-        ctx.out_dir / "accuracy_vs_compression.png",
-        "compression ratio (CR)",
-        "test accuracy",
+    return plotting.bands(
+        series, out_dir / "accuracy_vs_compression.png", "compression ratio (CR)", "test accuracy"
     )
-    write_results(ctx, summary, table)
-    return summary, table, [fig]

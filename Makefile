@@ -58,7 +58,7 @@ lint: docs-src
 	$(VENV)/bin/mypy -p weightshare
 
 ## The headline experiment, quick: MNIST-1D (generated locally), original and shuffled positions,
-## the published baselines beside ours; about 2 minutes on 2 cores. --dataset digits for 8x8 digits.
+## the published baselines beside ours; under 3 minutes on 2 cores. --dataset digits for 8x8 digits.
 demo: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m experiments shuffled-pixels --quick --dataset mnist1d
 

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conformance.offline import unrendered_math, unrendered_math_in
-from experiments import EXPERIMENTS, data, metrics, protocol
+from experiments import EXPERIMENTS, data, metrics, protocol, shuffled_1d
 from experiments._common import Context, MissingDependencyError, require
 from experiments.cli import main, run_experiment
 from experiments.models import CNN1D, LocalCNN, Net2CNN, conv1d_as_matrix, conv_as_matrix
@@ -583,3 +583,14 @@ def test_arbnets_on_mnist5k_with_the_protocol(tmp_path: Path) -> None:
         assert v["uniform"]["free_parameters"] < v["dense, uncompressed"]["free_parameters"]
         assert len(setting["claims"]) == 4  # balance x2, determinism (K and K + 1)
         assert v["neighborhood r=0"]["entropy"]["mean"] == pytest.approx(1.0, abs=0.02)
+
+
+@pytest.mark.req("EXP-17")
+def test_the_demo_runs_at_the_strengths_the_published_full_run_chose() -> None:
+    path = Path(__file__).resolve().parent.parent / "spec/experiments/assets"
+    full = json.loads((path / "shuffled-pixels-mnist1d/summary.json").read_text("utf-8"))
+    assert full["preset"] == "full" and full["tuning_seeds"] >= 3
+    quick = shuffled_1d.CONFIGS["quick"]
+    for model, grid in (("fc_wsr", "lam_grid"), ("fc_l1", "l1_grid")):
+        for setting in ("original", "shuffled"):
+            assert quick[grid] == [full["models"][model][setting]["lam"]], (model, setting)

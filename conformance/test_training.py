@@ -632,7 +632,7 @@ def test_a_strength_per_parameter() -> None:
 
 
 @pytest.mark.req("TRAIN-21")
-def test_a_strength_per_parameter_errors_change_nothing() -> None:
+def test_a_strength_per_parameter_refused_input_changes_nothing() -> None:
     model = mlp()
     opt = torch.optim.SGD(model[0].parameters(), lr=0.2)
     with pytest.raises(ValueError, match=r"shape \(3, 4\) in lam is not held"):

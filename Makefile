@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 EXTRAS := reference,experiments,docs,dev
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: install test conformance docs docs-src serve-docs bench gpu-check lint demo matrix wheel-check clean
+.PHONY: install test conformance docs docs-src serve-docs bench gpu-check gpu-check-dry-run lint demo matrix wheel-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,10 +46,23 @@ bench: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m conformance.benchmarks.storage --write
 
 ## On a machine with CUDA and its own python3 (no venv, no cvxpy, no network; nothing installed):
-## the CUDA cases of the conformance suite, then the GPU benchmark; results in $(OUT).
+## the GPU benchmarks, the CUDA cases of the conformance suite (one process per file) and the
+## NCCL checks, each part under its own time limit; summary.md and each part's files in $(OUT),
+## written as they come. GPU_CHECK_ARGS adds options (--launch-blocking, --budget S, --parts ...).
 OUT ?= gpu-check-out
 gpu-check:
-	$(PYTHON) -m conformance.gpu_check --out $(OUT)
+	$(PYTHON) -m conformance.gpu_check --out $(OUT) $(GPU_CHECK_ARGS)
+
+## The same harness on the CPU (Triton's interpreter, gloo, tiny benchmarks), in a python that has
+## the dependencies but not the project, as on the GPU machine: a venv whose one site entry is
+## .venv's site-packages, read without its .pth files (so the editable install is not seen).
+BARE := build/bare-venv
+gpu-check-dry-run: install
+	rm -rf $(BARE) && $(PYTHON) -m venv --without-pip $(BARE)
+	$(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > \
+		"$$($(BARE)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/deps.pth"
+	! $(BARE)/bin/python -c 'import weightshare' 2>/dev/null
+	$(BARE)/bin/python -m conformance.gpu_check --out $(OUT)-dry-run --dry-run $(GPU_CHECK_ARGS)
 
 ## ruff, then mypy (strict; configured in pyproject.toml) on the package tree docs-src links up.
 lint: docs-src

@@ -108,7 +108,9 @@ def _all_to_all(
 def _all_gather(row: torch.Tensor, group: Any) -> torch.Tensor:
     """``(P, len(row))``: every rank's ``row``."""
     out = row.new_empty(dist.get_world_size(group) * row.numel())
-    dist.all_gather_single(out, row.contiguous(), group=group)
+    # all_gather_single is torch >= 2.12's name for all_gather_into_tensor (which 2.13 deprecates)
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(out, row.contiguous(), group=group)
     return out.reshape(-1, row.numel())
 
 

@@ -1,7 +1,8 @@
 """Shared fixtures and hypothesis profiles for the conformance suite.
 
 Profiles: ``dev`` (default locally, quick), ``ci`` (hypothesis' own, selected when ``CI`` is set:
-derandomized, no deadline) and ``thorough`` (for release checks). Choose one with
+derandomized, no deadline), ``gpu-check`` (``ci`` without shrinking) and ``thorough`` (for release
+checks). Choose one with
 ``--hypothesis-profile NAME`` or ``HYPOTHESIS_PROFILE``.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 settings.register_profile(
     "ci",
@@ -19,6 +20,13 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile("dev", max_examples=30, deadline=None)
+# the GPU check: a failure is reported as found, without the shrinking that can take many
+# seconds per test on a device whose time is scarce
+settings.register_profile(
+    "gpu-check",
+    parent=settings.get_profile("ci"),
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+)
 settings.register_profile(
     "thorough", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

@@ -431,7 +431,7 @@ def test_triton_prox_never_syncs_on_cuda(device: str) -> None:
 @pytest.mark.req("ALG-11")
 def test_gpu_benchmark_cases_and_table() -> None:
     """The GPU benchmark's cases and its table (its timings need CUDA: make gpu-check)."""
-    from conformance.benchmarks import gpu
+    from conformance.benchmarks import gpu, gpu_tables
 
     shapes = gpu.resnet50_weight_shapes()
     assert len(shapes) == 54  # 53 convolutions and the classifier
@@ -441,7 +441,7 @@ def test_gpu_benchmark_cases_and_table() -> None:
         for w, ms in (("sort", 0.2), ("triton", 0.6), ("hull", 120.0), ("search", 30.0))
     ]
     records.append({"case": "memory d=2^26", "dtype": "torch.float32", "peak_extra_over_input": 7})
-    table = gpu.render(records)
+    table = gpu_tables.render(records)
     assert "| d=2^20 | float32 | random | 0.200 | 0.600 | 3.00 | 200.0 | 50.0 |" in table
     assert "7.00x the input's bytes" in table
 

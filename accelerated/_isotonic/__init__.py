@@ -40,7 +40,12 @@ _BACKENDS: dict[str, Backend] = {}
 
 
 def _load(method: str) -> Backend:
-    module = importlib.import_module(_MODULES[method], __package__)
+    if method == "triton":
+        # an import statement, not importlib: when the first use is inside torch.compile, dynamo
+        # runs an import statement but refuses importlib's internals (torch 2.11)
+        from . import triton_hull as module
+    else:
+        module = importlib.import_module(_MODULES[method], __package__)
     _BACKENDS[method] = module.BACKEND
     return _BACKENDS[method]
 

@@ -4,22 +4,27 @@
 device and in one run: single vectors of d = 2^16..2^26, a 4096 x 4096 batch of rows and a
 ``prox_many`` over every conv/linear weight of a ResNet-50, float32 and float64, random and chain
 inputs. Times are medians of CUDA-event intervals after a warm-up; every ratio divides by a
-baseline measured in the same run. It writes ``gpu_bench.json`` and ``gpu_bench.md`` to DIR.
+baseline measured in the same run. It writes ``gpu_bench.json`` (rewritten after every record, so
+a kill keeps what was measured) and ``gpu_bench.md`` to DIR.
+
+``--dry-run`` runs the same code on the CPU at tiny sizes (Triton in its interpreter, wall-clock
+timing): the GPU check's dry run, which proves the harness, not the speed.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import statistics
 import sys
-import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from conformance.benchmarks import gpu_tables
+from conformance.benchmarks.timing import Recorder, device_ms
 
 SIZES = tuple(2**k for k in (16, 18, 20, 22, 24, 26))
 #: the torch-op kernels are launch-bound: timed up to this size only
@@ -28,36 +33,22 @@ BATCH = (4096, 4096)
 LAM = 1.0
 
 
-def resnet50_weight_shapes() -> list[tuple[int, ...]]:
-    """Shapes of every conv and linear weight of torchvision's ResNet-50 (no torchvision needed)."""
-    shapes: list[tuple[int, ...]] = [(64, 3, 7, 7)]
-    inplanes = 64
-    for planes, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):
-        for b in range(blocks):
-            shapes += [(planes, inplanes, 1, 1), (planes, planes, 3, 3), (planes * 4, planes, 1, 1)]
-            if b == 0:
-                shapes.append((planes * 4, inplanes, 1, 1))  # downsample
-            inplanes = planes * 4
-    shapes.append((1000, 2048))
-    return shapes
+def resnet50_weight_shapes(divisor: int = 1) -> list[tuple[int, ...]]:
+    """Shapes of every conv and linear weight of torchvision's ResNet-50 (no torchvision needed),
+    with every channel count but the input's divided by ``divisor``."""
+    from conformance.benchmarks.resnet import bottleneck_plan
+
+    return [tuple(s) for s in bottleneck_plan(divisor)]
 
 
-def cuda_ms(fn: Callable[[], object], budget_s: float = 0.4, max_reps: int = 50) -> float:
-    """Median milliseconds of ``fn`` between CUDA events, after one warm-up call."""
-    fn()
-    torch.cuda.synchronize()
-    times: list[float] = []
-    spent = time.perf_counter()
-    while len(times) < max_reps:
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-        if len(times) >= 3 and time.perf_counter() - spent > budget_s:
-            break
-    return statistics.median(times)
+#: the device the benchmark runs on ("cpu" in a dry run) and the most timed calls per case
+DEVICE = "cuda"
+MAX_REPS = 50
+
+
+def cuda_ms(fn: Callable[[], object], budget_s: float = 0.4) -> float:
+    """Median milliseconds of ``fn`` on :data:`DEVICE`, after one warm-up call."""
+    return device_ms(fn, DEVICE, budget_s, MAX_REPS)
 
 
 def _input(kind: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -66,29 +57,29 @@ def _input(kind: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tenso
     numel = math.prod(shape)
     if kind == "chain":
         v = np.random.default_rng(0).permutation(chain(numel, LAM))
-        return torch.from_numpy(v).to("cuda", dtype).view(shape)
-    g = torch.Generator(device="cuda").manual_seed(0)
-    return torch.randn(shape, generator=g, device="cuda", dtype=torch.float64).to(dtype)
+        return torch.from_numpy(v).to(DEVICE, dtype).view(shape)
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    return torch.randn(shape, generator=g, device=DEVICE, dtype=torch.float64).to(dtype)
 
 
 Record = Callable[[str, torch.dtype, str, str, float], None]
 
 
-def _batch(record: Record, dtype: torch.dtype) -> None:
+def _batch(record: Record, dtype: torch.dtype, shape: tuple[int, int]) -> None:
     import weightshare as ws
 
-    x = _input("random", BATCH, dtype)
-    name = f"{BATCH[0]}x{BATCH[1]}"
+    x = _input("random", shape, dtype)
+    name = f"{shape[0]}x{shape[1]}"
     record(name, dtype, "random", "sort", cuda_ms(lambda: torch.sort(x, dim=1)))
     for m in ("triton", "hull"):
         ms = cuda_ms(lambda m=m: ws.prox(x, LAM, dim=1, method=m), budget_s=0.2)
         record(name, dtype, "random", m, ms)
 
 
-def _resnet50(record: Record, dtype: torch.dtype) -> None:
+def _resnet50(record: Record, dtype: torch.dtype, shapes: list[tuple[int, ...]]) -> None:
     import weightshare as ws
 
-    weights = [_input("random", s, dtype) for s in resnet50_weight_shapes()]
+    weights = [_input("random", s, dtype) for s in shapes]
     ms = cuda_ms(lambda: [torch.sort(w.reshape(-1)) for w in weights])
     record("resnet50", dtype, "random", "sort", ms)
     for m in ("triton", "hull"):
@@ -109,23 +100,44 @@ def _vector(record: Record, dtype: torch.dtype, kind: str, d: int) -> None:
             record(case, dtype, kind, m, ms)
 
 
-def run(quick: bool = False) -> list[dict]:
-    """Every case, in one run; returns the records (milliseconds, memory ratio)."""
-    records: list[dict] = []
+@dataclass(frozen=True)
+class Sizes:
+    """What one run measures."""
+
+    vectors: tuple[int, ...] = SIZES
+    batch: tuple[int, int] = BATCH
+    #: ResNet-50's channel counts are divided by this (1: the real weights)
+    resnet_divisor: int = 1
+    #: how many of ResNet-50's 54 weights (in order) go into the ``prox_many`` case
+    resnet_weights: int = 54
+    memory: int | None = 2**26
+    dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
+
+
+QUICK = Sizes(vectors=SIZES[:3], memory=2**20)
+#: Triton's interpreter takes about a second per prox whatever the size: a handful of cases
+DRY_RUN = Sizes(vectors=(2**6,), batch=(2, 64), resnet_divisor=64, resnet_weights=6,
+                memory=None, dtypes=(torch.float32,))  # fmt: skip
+
+
+def run(sizes: Sizes, record_to: Callable[[dict], None]) -> None:
+    """Every case of ``sizes``, in one run; each record (milliseconds, memory ratio) is passed to
+    ``record_to`` as soon as it is measured."""
 
     def record(case: str, dtype: torch.dtype, kind: str, what: str, ms: float) -> None:
-        records.append({"case": case, "dtype": str(dtype), "input": kind, "what": what, "ms": ms})
+        record_to({"case": case, "dtype": str(dtype), "input": kind, "what": what, "ms": ms})
         print(f"{case:>12} {dtype!s:>14} {kind:>6} {what:>8}: {ms:9.3f} ms", flush=True)
 
     with torch.no_grad():
-        for dtype in (torch.float32, torch.float64):
+        for dtype in sizes.dtypes:
             for kind in ("random", "chain"):
-                for d in SIZES[:3] if quick else SIZES:
+                for d in sizes.vectors:
                     _vector(record, dtype, kind, d)
-            _batch(record, dtype)
-            _resnet50(record, dtype)
-        records.append(_memory(2**20 if quick else 2**26))
-    return records
+            _batch(record, dtype, sizes.batch)
+            shapes = resnet50_weight_shapes(sizes.resnet_divisor)[: sizes.resnet_weights]
+            _resnet50(record, dtype, shapes)
+        if sizes.memory is not None:
+            record_to(_memory(sizes.memory))
 
 
 def _memory(d: int) -> dict:
@@ -145,65 +157,22 @@ def _memory(d: int) -> dict:
             "peak_extra_over_input": peak / v.nbytes}  # fmt: skip
 
 
-def _ratio(records: list[dict], case: str, dtype: str, kind: str, num: str, den: str) -> float:
-    ms = {r["what"]: r["ms"] for r in records
-          if r.get("case") == case and r["dtype"] == dtype and r.get("input") == kind}  # fmt: skip
-    return ms[num] / ms[den] if num in ms and den in ms else float("nan")
-
-
-def render(records: list[dict]) -> str:
-    """Markdown: one row per case with the times and the ratios the goals name."""
-    lines = [
-        "| case | dtype | input | sort ms | triton ms | triton / sort | hull / triton "
-        "| search / triton |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    seen = []
-    for r in records:
-        key = (r["case"], r["dtype"], r.get("input"))
-        if "ms" not in r or key in seen:
-            continue
-        seen.append(key)
-        case, dtype, kind = key
-        ms = {x["what"]: x["ms"] for x in records
-              if (x["case"], x["dtype"], x.get("input")) == key}  # fmt: skip
-        cells = [
-            f"{ms.get('sort', float('nan')):.3f}",
-            f"{ms.get('triton', float('nan')):.3f}",
-            f"{_ratio(records, case, dtype, kind, 'triton', 'sort'):.2f}",
-            f"{_ratio(records, case, dtype, kind, 'hull', 'triton'):.1f}",
-            f"{_ratio(records, case, dtype, kind, 'search', 'triton'):.1f}",
-        ]
-        head = f"| {case} | {dtype.removeprefix('torch.')} | {kind} | "
-        lines.append(head + " | ".join(cells) + " |")
-    for r in records:
-        if "peak_extra_over_input" in r:
-            lines.append(f"\nPeak extra memory, {r['case']} float32: "
-                         f"{r['peak_extra_over_input']:.2f}x the input's bytes.")  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> int:
+    global DEVICE, MAX_REPS
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
+    parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU")
     args = parser.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("no CUDA device: nothing to benchmark", file=sys.stderr)
+    if args.dry_run:
+        DEVICE, MAX_REPS = "cpu", 1
+    elif not torch.cuda.is_available():
+        print("no CUDA device: nothing to benchmark (--dry-run runs on the CPU)", file=sys.stderr)
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
-    records = run(args.quick)
-    meta = {"device": torch.cuda.get_device_name(), "torch": torch.__version__}
-    try:
-        import triton
-
-        meta["triton"] = triton.__version__
-    except ImportError:  # pragma: no cover - the check needs Triton
-        pass
-    result = json.dumps({"meta": meta, "records": records}, indent=1)
-    (args.out / "gpu_bench.json").write_text(result)
-    text = f"Device: {meta['device']}, torch {meta['torch']}, triton {meta.get('triton')}\n\n"
-    text += render(records)
+    recorder = Recorder(args.out / "gpu_bench.json", DEVICE)
+    run(DRY_RUN if args.dry_run else QUICK if args.quick else Sizes(), recorder.add)
+    text = gpu_tables.render_prox(recorder.meta, recorder.records)
     (args.out / "gpu_bench.md").write_text(text)
     print(text)
     return 0

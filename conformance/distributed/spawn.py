@@ -29,7 +29,10 @@ def run_world(module: str, world: int, args: list[str], timeout: float = 120.0) 
     Returns every rank's combined stdout and stderr.
     """
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # the checkout first, then whatever made the parent's imports work (on a machine where nothing
+    # is installed, the GPU check's tree of links that makes ``weightshare`` importable)
+    paths = [str(ROOT), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, paths))}
     script = module.endswith(".py")
     launch = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world)}
 

@@ -1,0 +1,109 @@
+"""The GPU check's tables (``gpu_bench.md``) from the benchmarks' JSON files; no torch needed.
+
+``render_prox`` is the prox table of ``gpu.py``; ``render_train`` the training table of
+``gpu_train.py``; :func:`write` renders whichever of ``gpu_bench.json`` and ``gpu_train.json`` the
+output folder holds (the GPU check calls it after each benchmark part, also after a kill).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+#: (row, measured, baseline, goal): the training benchmark's ratios and the goals they answer
+TRAIN_ROWS = (
+    ("ResNet-50 step with `ws.attach` / without", "step attach", "step", "≤ 1.10"),
+    ("`prox_many` of the 54 weights / one sort of their concatenation", "prox_many",
+     "sort concat", "≤ 2.5"),
+    ("`prox_many` of the 54 weights / sorting each", "prox_many", "sort each", ""),
+    ("one sort of the concatenation / sorting each", "sort concat", "sort each", ""),
+    ("`HashedLinear` fwd+bwd / `nn.Linear`", "hashed", "linear", "≤ 2"),
+)  # fmt: skip
+
+
+def _head(meta: dict[str, Any]) -> str:
+    return (
+        f"Device: {meta.get('device')}, torch {meta.get('torch')}, triton {meta.get('triton')}\n\n"
+    )
+
+
+def _ratio(records: list[dict], case: str, dtype: str, kind: str, num: str, den: str) -> float:
+    ms = {r["what"]: r["ms"] for r in records
+          if r.get("case") == case and r["dtype"] == dtype and r.get("input") == kind}  # fmt: skip
+    return ms[num] / ms[den] if num in ms and den in ms else float("nan")
+
+
+def render(records: list[dict]) -> str:
+    """Markdown: one row per prox case with the times and the ratios the goals name."""
+    lines = [
+        "| case | dtype | input | sort ms | triton ms | triton / sort | hull / triton "
+        "| search / triton |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    seen = []
+    for r in records:
+        key = (r["case"], r["dtype"], r.get("input"))
+        if "ms" not in r or key in seen:
+            continue
+        seen.append(key)
+        case, dtype, kind = key
+        ms = {x["what"]: x["ms"] for x in records
+              if (x["case"], x["dtype"], x.get("input")) == key}  # fmt: skip
+        cells = [
+            f"{ms.get('sort', float('nan')):.3f}",
+            f"{ms.get('triton', float('nan')):.3f}",
+            f"{_ratio(records, case, dtype, kind, 'triton', 'sort'):.2f}",
+            f"{_ratio(records, case, dtype, kind, 'hull', 'triton'):.1f}",
+            f"{_ratio(records, case, dtype, kind, 'search', 'triton'):.1f}",
+        ]
+        head = f"| {case} | {dtype.removeprefix('torch.')} | {kind} | "
+        lines.append(head + " | ".join(cells) + " |")
+    for r in records:
+        if "peak_extra_over_input" in r:
+            lines.append(f"\nPeak extra memory, {r['case']} float32: "
+                         f"{r['peak_extra_over_input']:.2f}x the input's bytes.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def render_prox(meta: dict[str, Any], records: list[dict]) -> str:
+    return _head(meta) + render(records)
+
+
+def render_train(meta: dict[str, Any], records: list[dict]) -> str:
+    """The training benchmark: its setting, then one row per ratio (blank where not measured)."""
+    ms = {r["what"]: r["ms"] for r in records if "ms" in r}
+    setting = next((r for r in records if r.get("what") == "setting"), {})
+    lines = [
+        f"Training: {setting.get('model', '?')}, batch {setting.get('batch', '?')}, "
+        f"{setting.get('precision', '?')}, SGD momentum; {setting.get('attached', '?')} weights "
+        f"attached ({setting.get('values', '?')} values); hashed layer "
+        f"{setting.get('hashed', '?')}.",
+        "",
+        "| ratio | ms | baseline ms | ratio | goal |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
+    for label, num, den, goal in TRAIN_ROWS:
+        if num in ms and den in ms:
+            lines.append(f"| {label} | {ms[num]:.3f} | {ms[den]:.3f} | "
+                         f"{ms[num] / ms[den]:.2f} | {goal} |")  # fmt: skip
+        else:
+            lines.append(f"| {label} | not measured | | | {goal} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(out: Path) -> None:
+    """``gpu_bench.md`` from the JSON files in ``out`` (skips a file that is not there yet)."""
+    parts: list[str] = []
+    for name, render_one in (("gpu_bench.json", render_prox), ("gpu_train.json", render_train)):
+        path = out / name
+        if not path.exists():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            parts.append(f"`{name}` is not readable JSON ({e}).\n")
+            continue
+        parts.append(render_one(data.get("meta", {}), data.get("records", [])))
+    if parts:
+        (out / "gpu_bench.md").write_text("\n".join(parts), encoding="utf-8")

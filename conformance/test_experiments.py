@@ -451,6 +451,11 @@ def test_cifar10_batches_of_the_wrong_shape_are_refused(tmp_path: Path) -> None:
         path.write_bytes(pickle.dumps(batch, protocol=2))
         with pytest.raises(data.DataFileError, match=problem):
             data.load("cifar10", tmp_path)
+    whole = pickle.dumps({b"data": np.zeros((10, 3072), np.uint8), b"labels": [0] * 10})
+    for broken in (whole[: len(whole) // 2], b"\x80\x02q\x00", b"not a pickle"):
+        path.write_bytes(broken)
+        with pytest.raises(data.DataFileError, match="test_batch refused"):
+            data.load("cifar10", tmp_path)
 
 
 @pytest.mark.req("EXP-9")

@@ -209,7 +209,7 @@ def load_cifar10(data_dir: Path, seed: int = 0, val_fraction: float = 0.1) -> Sp
         with open(path, "rb") as fh:
             try:
                 d = safe_pickle.load(fh)
-            except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as err:
+            except (pickle.UnpicklingError, EOFError, LookupError, ValueError, TypeError) as err:
                 raise DataFileError(f"CIFAR-10 file {path} refused: {err}") from None
         return _cifar_arrays(d, path)
 

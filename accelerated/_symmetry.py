@@ -8,6 +8,7 @@ vectorized label propagation; ``forward`` is one gather, so autograd's backward 
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -43,36 +44,42 @@ TABLE_CACHE_ENTRIES = 1024
 
 TableKey = tuple[tuple[str, ...], tuple[int, ...], tuple[tuple[str, Any], ...]]
 _cache: OrderedDict[TableKey, Tensor] = OrderedDict()
+_lock = threading.Lock()
 
 
 def _cached_table(key: TableKey) -> Tensor:
     """The CPU orbit table of ``key``, from the LRU cache bounded by :data:`TABLE_CACHE_BYTES`."""
-    hit = _cache.get(key)
-    if hit is not None:
-        _cache.move_to_end(key)
-        return hit
+    with _lock:
+        hit = _cache.get(key)
+        if hit is not None:
+            _cache.move_to_end(key)
+            return hit
     H = _orbit_table(key[0], key[1], dict(key[2]))
     if H.nbytes <= TABLE_CACHE_BYTES:
-        _cache[key] = H
-        total = cache_bytes()
-        while total > TABLE_CACHE_BYTES or len(_cache) > TABLE_CACHE_ENTRIES:
-            total -= _cache.popitem(last=False)[1].nbytes
+        with _lock:
+            _cache[key] = H
+            total = sum(t.nbytes for t in _cache.values())
+            while total > TABLE_CACHE_BYTES or len(_cache) > TABLE_CACHE_ENTRIES:
+                total -= _cache.popitem(last=False)[1].nbytes
     return H
 
 
 def cache_bytes() -> int:
     """The bytes of the index tables in the process-wide cache (at most ``TABLE_CACHE_BYTES``)."""
-    return sum(t.nbytes for t in _cache.values())
+    with _lock:
+        return sum(t.nbytes for t in _cache.values())
 
 
 def cached_bytes_of(keys: Iterable[TableKey]) -> int:
     """The bytes of the cached tables among ``keys`` (each table once)."""
-    return sum(_cache[k].nbytes for k in set(keys) if k in _cache)
+    with _lock:
+        return sum(_cache[k].nbytes for k in set(keys) if k in _cache)
 
 
 def clear_cache() -> None:
     """Empty the process-wide cache of index tables (modules keep their own copies)."""
-    _cache.clear()
+    with _lock:
+        _cache.clear()
 
 
 def _key(parts: tuple[str, ...], shape: tuple[int, ...], kw: dict[str, Any]) -> TableKey:

@@ -53,10 +53,13 @@ class Storage:
     Attributes:
         tensors: One row per logical tensor.
         header_bytes: The file's header (safetensors' JSON, with the weightshare metadata).
+        cache_bytes: The process-wide cache's copies of the model's symmetric index tables
+            (each table once; ``0`` for a file), counted in ``memory_bytes``.
     """
 
     tensors: tuple[TensorStorage, ...]
     header_bytes: int
+    cache_bytes: int = 0
 
     @property
     def dense_bytes(self) -> int:
@@ -65,9 +68,11 @@ class Storage:
 
     @property
     def memory_bytes(self) -> int | None:
-        """All resident bytes (``None`` for a file)."""
+        """All resident bytes, cached tables included (``None`` for a file)."""
         rows = [t.memory_bytes for t in self.tensors]
-        return None if any(r is None for r in rows) else sum(r for r in rows if r is not None)
+        if any(r is None for r in rows):
+            return None
+        return sum(r for r in rows if r is not None) + self.cache_bytes
 
     @property
     def file_bytes(self) -> int:
@@ -93,6 +98,8 @@ class Storage:
                 f"{mem(t.memory_bytes)} | {t.file_bytes:,} | {t.ratio:.2f}× |"
             )
         lines.append(f"| (header) | | | | | {self.header_bytes:,} | |")
+        if self.cache_bytes:
+            lines.append(f"| (cached tables) | | | | {self.cache_bytes:,} | | |")
         lines.append(
             f"| **total** | | {sum(t.numel for t in self.tensors):,} | {self.dense_bytes:,} | "
             f"{mem(self.memory_bytes)} | {self.file_bytes:,} | {self.ratio:.2f}× |"
@@ -105,7 +112,8 @@ def storage(source: nn.Module | str | os.PathLike[str]) -> Storage:
 
     For a model, the file bytes are those ``ws.save`` would write (the model is serialized in
     memory to count them) and the memory bytes are the resident parameters and buffers; for a file
-    only the file bytes are known.
+    only the file bytes are known. The process-wide cache's copies of the model's symmetric index
+    tables are counted once, in ``cache_bytes`` and the total resident bytes.
 
     Args:
         source: A model, or the path of a ``.safetensors`` file written by ``ws.save``.
@@ -119,16 +127,20 @@ def storage(source: nn.Module | str | os.PathLike[str]) -> Storage:
         from safetensors.torch import save as to_bytes
 
         from ._structures import entries
+        from ._symmetry import Symmetry, cached_bytes_of
 
         header, tensors = collect(source)
         metas = header["tensors"]
         size = len(to_bytes(tensors, metadata={METADATA_KEY: json.dumps(header)}))
-        memory = {e.name: _resident(e.parts().values()) for e in entries(source)}
+        found = entries(source)
+        memory = {e.name: _resident(e.parts().values()) for e in found}
+        keys = [e.structure.table_key for e in found if isinstance(e.structure, Symmetry)]
+        cached = cached_bytes_of(k for k in keys if k is not None)
     else:
         header, tensors = read(source)
         metas = header["tensors"]
         size = os.path.getsize(source)
-        memory = {}
+        memory, cached = {}, 0
     parts: dict[str, int] = dict.fromkeys(metas, 0)
     for key, t in tensors.items():
         name = key if key in metas else key.rsplit(".", 1)[0]
@@ -144,7 +156,7 @@ def storage(source: nn.Module | str | os.PathLike[str]) -> Storage:
         )
         for name, meta in metas.items()
     )
-    return Storage(rows, size - sum(r.file_bytes for r in rows))
+    return Storage(rows, size - sum(r.file_bytes for r in rows), cached)
 
 
 def _resident(tensors: Iterable[Tensor]) -> int:

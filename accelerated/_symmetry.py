@@ -8,8 +8,9 @@ vectorized label propagation; ``forward`` is one gather, so autograd's backward 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from functools import lru_cache
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -22,8 +23,12 @@ from .reference._args import parse_kind
 
 __all__ = [
     "KINDS",
+    "TABLE_CACHE_BYTES",
+    "TABLE_CACHE_ENTRIES",
     "Symmetry",
     "build",
+    "cache_bytes",
+    "clear_cache",
     "free",
     "num_free",
     "project",
@@ -32,12 +37,71 @@ __all__ = [
 ]
 
 
-@lru_cache(maxsize=64)
-def _table(
-    parts: tuple[str, ...], shape: tuple[int, ...], kw: tuple[tuple[str, Any], ...]
-) -> Tensor:
-    """Orbit table on the CPU: propagate the smallest flat index along every generator."""
-    kwd = dict(kw)
+#: The most bytes of index tables the process-wide cache keeps (least recently used out first).
+TABLE_CACHE_BYTES = 64 * 2**20
+#: The most tables it keeps, whatever their size.
+TABLE_CACHE_ENTRIES = 1024
+
+TableKey = tuple[tuple[str, ...], tuple[int, ...], tuple[tuple[str, Any], ...]]
+_cache: OrderedDict[TableKey, Tensor] = OrderedDict()
+_lock = threading.Lock()
+
+
+def _cached_table(key: TableKey) -> Tensor:
+    """The CPU orbit table of ``key``, from the LRU cache bounded by :data:`TABLE_CACHE_BYTES`."""
+    with _lock:
+        hit = _cache.get(key)
+        if hit is not None:
+            _cache.move_to_end(key)
+            return hit
+    H = _orbit_table(key[0], key[1], dict(key[2]))
+    if H.nbytes <= TABLE_CACHE_BYTES:
+        with _lock:
+            _cache[key] = H
+            total = sum(t.nbytes for t in _cache.values())
+            while total > TABLE_CACHE_BYTES or len(_cache) > TABLE_CACHE_ENTRIES:
+                total -= _cache.popitem(last=False)[1].nbytes
+    return H
+
+
+def cache_bytes() -> int:
+    """The bytes of the index tables in the process-wide cache (at most ``TABLE_CACHE_BYTES``)."""
+    with _lock:
+        return sum(t.nbytes for t in _cache.values())
+
+
+def cached_bytes_of(keys: Iterable[TableKey]) -> int:
+    """The bytes of the cached tables among ``keys`` (each table once)."""
+    with _lock:
+        return sum(_cache[k].nbytes for k in set(keys) if k in _cache)
+
+
+def clear_cache() -> None:
+    """Empty the process-wide cache of index tables (modules keep their own copies)."""
+    with _lock:
+        _cache.clear()
+
+
+def _key(parts: tuple[str, ...], shape: tuple[int, ...], kw: dict[str, Any]) -> TableKey:
+    return parts, shape, tuple(sorted(kw.items()))
+
+
+def _chunk_min(labels: Tensor, shape: tuple[int, ...], dim: int, chunks: int) -> Tensor:
+    """Each label replaced by the minimum over its ``chunk`` orbit (all ``chunks`` copies)."""
+    split = (*shape[:dim], chunks, shape[dim] // chunks, *shape[dim + 1 :])
+    view = labels.reshape(split)
+    return view.amin(dim, keepdim=True).expand(split).reshape(-1)
+
+
+def _orbit_table(parts: tuple[str, ...], shape: tuple[int, ...], kw: dict[str, Any]) -> Tensor:
+    """Orbit table on the CPU in O(numel) per round: min-label propagation with pointer jumping.
+
+    Every label is a flat index in its own orbit. A round takes the minimum over each whole
+    ``chunk`` orbit (one reduction, whatever ``chunks`` is), then over each involution (the
+    transposes and flips), then jumps ``label = label[label]``; the rounds stop when nothing
+    changes (a few: the group is a point group of at most 8 elements times the chunk shifts).
+    Slots number the orbit minima in increasing order.
+    """
     idx = torch.arange(math.prod(shape)).reshape(shape)
     gens: list[Tensor] = []
     for part in parts:
@@ -51,20 +115,21 @@ def _table(
             gens += [idx.flip(0), idx.flip(1)]
         elif part == "spatial":
             gens.append(idx.transpose(2, 3))
-        elif part == "chunk":
-            step = shape[kwd["dim"]] // kwd["chunks"]
-            gens.append(idx.roll(-step, kwd["dim"]))
     perms = [g.reshape(-1) for g in gens]
     rep = idx.reshape(-1)
     while True:
         new = rep
+        if "chunk" in parts:
+            new = _chunk_min(new, shape, kw["dim"], kw["chunks"])
         for perm in perms:
             new = torch.minimum(new, new[perm])
+        new = new[new]
         if torch.equal(new, rep):
             break
         rep = new
-    inverse: Tensor = torch.unique(rep, return_inverse=True)[1]
-    return inverse.reshape(shape)
+    roots = rep == idx.reshape(-1)
+    slots = torch.cumsum(roots, 0) - 1
+    return slots[rep].reshape(shape)
 
 
 def table(
@@ -86,7 +151,7 @@ def table(
     if parts == ("eigen",):
         raise ValueError("kind 'eigen' is not linear and has no index table")
     shape = tuple(int(s) for s in shape)
-    return _table(parts, shape, tuple(sorted(kw.items()))).to(device, copy=True)
+    return _cached_table(_key(parts, shape, kw)).to(device, copy=True)
 
 
 def num_free(kind: str, shape: Sequence[int], **kind_kwargs: Any) -> int:
@@ -236,6 +301,9 @@ class Symmetry(nn.Module):
         self.kind, self.kind_kwargs = kind, dict(kind_kwargs)
         self.shape = tuple(int(s) for s in shape)
         self.num_free = num_free(kind, self.shape, **kind_kwargs)
+        self.table_key: TableKey | None = None
+        if self.parts != ("eigen",):
+            self.table_key = _key(self.parts, self.shape, self.kw)
         self.index: Tensor | None
         if self.parts == ("eigen",):
             self.register_buffer("index", None, persistent=False)

@@ -359,7 +359,7 @@ def test_factorization_runs_on_mnist1d(tmp_path: Path) -> None:
     assert all(0.0 <= r["test_acc"] <= 1.0 for r in summary["dwf_runs"])
 
 
-def _fake_cifar(folder: Path, per_batch: int = 20) -> None:
+def _fake_cifar(folder: Path, per_batch: int = 20, protocol: int | None = None) -> None:
     rng = np.random.default_rng(0)
     root = folder / data.CIFAR_DIR
     root.mkdir(parents=True)
@@ -369,7 +369,7 @@ def _fake_cifar(folder: Path, per_batch: int = 20) -> None:
             b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
             b"labels": [int(v) for v in np.arange(per_batch) % 10],
         }
-        (root / name).write_bytes(pickle.dumps(batch))
+        (root / name).write_bytes(pickle.dumps(batch, protocol=protocol))
 
 
 @pytest.mark.req("EXP-4")
@@ -386,6 +386,126 @@ def test_cifar10_official_models_run_on_local_pickles(tmp_path: Path) -> None:
     assert summary["models"]["cnn"]["conv_likeness"] == pytest.approx(1.0)
     for model in ("fc", "fc_wsr", "fc_l1", "cnn"):
         _acc(summary["models"][model]["shuffled"])
+
+
+class _Runs:
+    """Unpickles as ``call(*args)``: what a hostile pickle makes ``pickle.load`` do."""
+
+    def __init__(self, call: object, *args: object) -> None:
+        self.call, self.args = call, args
+
+    def __reduce__(self) -> tuple:
+        return self.call, self.args
+
+
+@pytest.mark.req("EXP-8")
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_cifar10_pickles_load_as_data(tmp_path: Path, protocol: int) -> None:
+    _fake_cifar(tmp_path, protocol=protocol)  # protocol 2, as the real files
+    split = data.load("cifar10", tmp_path)
+    assert split.sizes == {"train": 90, "val": 10, "test": 20}
+    batch = pickle.loads((tmp_path / data.CIFAR_DIR / "test_batch").read_bytes())
+    assert split.y_test.tolist() == batch[b"labels"]
+    pixels = torch.from_numpy(batch[b"data"].reshape(-1, 3, 32, 32).astype(np.float32))
+    for c in range(3):  # standardised per channel: an increasing affine map of the pixels
+        pairs = torch.stack([split.x_test[:, c].flatten(), pixels[:, c].flatten()])
+        assert float(torch.corrcoef(pairs)[0, 1]) > 0.9999
+
+
+@pytest.mark.req("EXP-8")
+@pytest.mark.parametrize("how", ["os.system", "eval", "open"])
+def test_cifar10_pickles_that_run_code_are_refused(tmp_path: Path, capsys, how: str) -> None:
+    import builtins
+    import os
+
+    _fake_cifar(tmp_path, per_batch=10, protocol=2)
+    marker = tmp_path / "ran"
+    payload = {
+        "os.system": _Runs(os.system, f"touch {marker}"),
+        "eval": _Runs(builtins.eval, f"open({str(marker)!r}, 'w')"),
+        "open": _Runs(builtins.open, str(marker), "w"),
+    }[how]
+    hostile = {b"data": np.zeros((10, 3072), np.uint8), b"labels": [0] * 10, b"x": payload}
+    (tmp_path / data.CIFAR_DIR / "data_batch_2").write_bytes(pickle.dumps(hostile, protocol=2))
+    with pytest.raises(data.DataFileError, match=r"data_batch_2 refused: it refers to \w+\.\w+"):
+        data.load("cifar10", tmp_path)
+    assert not marker.exists()
+    argv = ["arbnets", "--smoke", "--dataset", "cifar10", "--data-dir", str(tmp_path)]
+    assert main([*argv, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: CIFAR-10 file") and err.count("\n") == 1
+    assert not marker.exists()
+
+
+@pytest.mark.req("EXP-8")
+def test_cifar10_batches_of_the_wrong_shape_are_refused(tmp_path: Path) -> None:
+    _fake_cifar(tmp_path, per_batch=10, protocol=2)
+    path = tmp_path / data.CIFAR_DIR / "test_batch"
+    for batch, problem in [
+        ([1, 2], "no uint8 array"),
+        ({b"data": np.zeros((10, 3072), np.float32), b"labels": [0] * 10}, "no uint8 array"),
+        ({b"data": np.zeros((10, 100), np.uint8), b"labels": [0] * 10}, r"not \(N, 3072\)"),
+        ({b"data": np.zeros((10, 3072), np.uint8), b"labels": [0] * 9}, "9 labels for 10"),
+        ({b"data": np.zeros((10, 3072), np.uint8), b"labels": [10] * 10}, "ints in 0..9"),
+    ]:
+        path.write_bytes(pickle.dumps(batch, protocol=2))
+        with pytest.raises(data.DataFileError, match=problem):
+            data.load("cifar10", tmp_path)
+    whole = pickle.dumps({b"data": np.zeros((10, 3072), np.uint8), b"labels": [0] * 10})
+    for broken in (whole[: len(whole) // 2], b"\x80\x02q\x00", b"not a pickle"):
+        path.write_bytes(broken)
+        with pytest.raises(data.DataFileError, match="test_batch refused"):
+            data.load("cifar10", tmp_path)
+
+
+@pytest.mark.req("EXP-9")
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--device", "foo"], "argument --device: expected cpu, cuda or cuda:N, got 'foo'"),
+        (["--device", "meta"], "argument --device: expected cpu, cuda or cuda:N, got 'meta'"),
+        (["--threads", "-1"], "argument --threads: expected a positive int, got -1"),
+        (["--threads", "0"], "argument --threads: expected a positive int, got 0"),
+        (["--threads", "two"], "argument --threads: expected a positive int, got 'two'"),
+        (["--seeds", "0"], "argument --seeds: expected a positive int, got 0"),
+        (["--dataset", "nope"], "argument --dataset: invalid choice: 'nope'"),
+        (["--out", "{file}"], "argument --out: {file} exists and is not a directory"),
+        (["--out", "{tmp}"], "--out: {tmp}/symmetry exists and is not a directory"),
+        (["--data-dir", "/nonexistent"], "argument --data-dir: /nonexistent is not an existing"),
+        (["--data-dir", "{file}"], "argument --data-dir: {file} is not an existing directory"),
+        (["--data-dir", "{tmp}"], "--data-dir is read only by --dataset mnist, mnist-torus, "),
+        (["--dataset", "mnist5k", "--data-dir", "{tmp}"], "this run uses mnist5k"),
+        (["--dataset", "cifar10"], "--dataset cifar10 needs --data-dir"),
+    ],
+)
+def test_cli_arguments_are_checked_before_anything_runs(
+    tmp_path: Path, capsys, monkeypatch, args: list[str], message: str
+) -> None:
+    import importlib
+
+    for module in EXPERIMENTS.values():
+        monkeypatch.setattr(importlib.import_module(module, "experiments"), "run", None)
+    file = tmp_path / "symmetry"  # a file where the output folder would go
+    file.write_text("not a folder")
+    fill = {"{file}": str(file), "{tmp}": str(tmp_path)}
+    for key, value in fill.items():
+        args = [a.replace(key, value) for a in args]
+        message = message.replace(key, value)
+    with pytest.raises(SystemExit) as exit_:
+        main(["symmetry", "--smoke", *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err  # one line, no usage block, no traceback
+    assert err.startswith("python -m experiments: error: ") and message in err, err
+
+
+@pytest.mark.req("EXP-9")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_cli_refuses_cuda_without_a_device(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["symmetry", "--smoke", "--device", "cuda:0"])
+    assert exit_.value.code == 2
+    assert "--device cuda:0 was asked for but torch sees no CUDA device" in capsys.readouterr().err
 
 
 @pytest.mark.req("EXP-14")

@@ -10,6 +10,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 import weightshare as ws
 from weightshare import symmetry as acc
@@ -33,6 +35,8 @@ CASES = [
     ("chunk", (2, 3, 4, 4), {"chunks": 2, "dim": -1}),
     ("channel+spatial", (3, 3, 3, 3), {}),
     ("quarter+chunk", (4, 4, 2), {"chunks": 2, "dim": 2}),
+    ("chunk", (8, 3), {"chunks": 8}),
+    ("eightfold+chunk", (6, 6), {"chunks": 3, "dim": 1}),
 ]
 LINEAR_IDS = [f"{k}-{'x'.join(map(str, s))}" for k, s, _ in CASES]
 EIGEN = [((4, 4), 2), ((5, 5, 2), 1), ((3, 3, 2, 2), 3)]
@@ -389,3 +393,85 @@ def test_dtype_and_device_follow_the_input(device, dtype) -> None:
     conv.to(torch.float64)
     assert conv.weight.dtype == torch.float64
     assert conv.parametrizations.weight[0].index.dtype == torch.int64
+
+
+class _Work(TorchDispatchMode):
+    """Counts the entries of every tensor each torch op returns: the work and allocation done."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        self.entries += sum(t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor))
+        return out
+
+
+@pytest.mark.req("SYM-13")
+@pytest.mark.parametrize(
+    "kind, shape, kw",
+    [
+        ("chunk", (512, 8), {"chunks": 512}),
+        ("chunk", (8, 512), {"chunks": 512, "dim": 1}),
+        ("chunk", (512, 8), {"chunks": 1}),
+        ("symmetric+chunk", (64, 64), {"chunks": 64}),
+        ("quarter+chunk", (64, 64, 2), {"chunks": 32, "dim": 1}),
+    ],
+)
+def test_table_work_is_linear_in_numel_whatever_chunks(kind, shape, kw) -> None:
+    acc.clear_cache()  # build the table, not a cache hit
+    with _Work() as work:
+        H = acc.table(kind, shape, **kw)
+    # every op's outputs together: a few dozen passes over the table, not one per chunk
+    assert work.entries <= 48 * H.numel(), work.entries / H.numel()
+    np.testing.assert_array_equal(H.numpy(), ref.table(kind, shape, **kw))
+
+
+def _cached_keys() -> list[tuple]:
+    from weightshare import _symmetry
+
+    return [key[1] for key in _symmetry._cache]
+
+
+@pytest.mark.req("SYM-14")
+def test_table_cache_is_bounded_in_bytes_least_recently_used_out(monkeypatch) -> None:
+    from weightshare import _symmetry
+
+    assert acc.TABLE_CACHE_BYTES == 64 * 2**20 and acc.TABLE_CACHE_ENTRIES == 1024
+    acc.clear_cache()
+    assert acc.cache_bytes() == 0
+    monkeypatch.setattr(_symmetry, "TABLE_CACHE_BYTES", 3 * 100 * 8)  # three 10x10 tables
+    a, b, c, d = (10, 10), (10, 10, 1), (10, 10, 1, 1), (10, 10, 1, 1, 1)
+    for shape in (a, b, c):
+        acc.table("symmetric", shape)
+    assert acc.cache_bytes() == 2400 and _cached_keys() == [a, b, c]
+    acc.table("symmetric", a)  # a hit: a is now the most recently used
+    acc.table("symmetric", d)
+    assert acc.cache_bytes() == 2400 and _cached_keys() == [c, a, d]
+    big = acc.table("symmetric", (20, 20))  # larger than the whole cache: returned, not kept
+    assert big.shape == (20, 20) and _cached_keys() == [c, a, d]
+    monkeypatch.setattr(_symmetry, "TABLE_CACHE_ENTRIES", 2)
+    acc.table("symmetric", b)
+    assert _cached_keys() == [d, b] and acc.cache_bytes() == 1600
+    acc.clear_cache()
+    assert acc.cache_bytes() == 0 and _cached_keys() == []
+
+
+@pytest.mark.req("SYM-14")
+def test_storage_counts_the_cached_tables_once() -> None:
+    acc.clear_cache()
+    m = torch.nn.Sequential(
+        ws.symmetric(torch.nn.Linear(16, 16)),
+        ws.symmetric(torch.nn.Linear(16, 16)),  # the same table
+        ws.symmetric(torch.nn.Linear(16, 16), kind="eigen", rank=2),  # no table
+    )
+    table_bytes = 16 * 16 * 8
+    s = ws.storage(m)
+    rows = sum(r.memory_bytes or 0 for r in s.tensors)
+    assert s.cache_bytes == table_bytes == acc.cache_bytes()
+    assert s.memory_bytes == rows + table_bytes
+    assert f"| (cached tables) | | | | {table_bytes:,} | | |" in str(s)
+    acc.clear_cache()
+    s = ws.storage(m)
+    assert s.cache_bytes == 0 and s.memory_bytes == rows and "cached tables" not in str(s)

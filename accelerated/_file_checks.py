@@ -10,6 +10,7 @@ Errors are short ``ValueError``\ s: names are shortened and at most :data:`SHOWN
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import re
@@ -66,23 +67,19 @@ def short(name: str) -> str:
 
 def shown(names: Collection[str]) -> str:
     """The first :data:`SHOWN` names in order, shortened, then ``and N more``."""
-    first = sorted(names)[:SHOWN] if len(names) <= 10_000 else _smallest(names)
+    first = heapq.nsmallest(SHOWN, names)
     text = ", ".join(short(n) for n in first)
     more = len(names) - len(first)
     return f"[{text}, ... and {more:,} more]" if more else f"[{text}]"
 
 
-def _smallest(names: Collection[str]) -> list[str]:
-    import heapq
-
-    return heapq.nsmallest(SHOWN, names)
-
-
 def _value(x: object) -> str:
     """A JSON value for a message: its type and, when short, the value."""
-    text = repr(x)
     kind = type(x).__name__
-    return f"{kind} {text}" if len(text) <= 30 and not isinstance(x, dict | list) else kind
+    if isinstance(x, dict | list):
+        return kind
+    text = repr(x)
+    return f"{kind} {text}" if len(text) <= 30 else kind
 
 
 # ---------------------------------------------------------------------------------------------

@@ -243,7 +243,7 @@ def check_model(
                 f"{where}: tensor {short(name)} has shape {shape} in the file but "
                 f"{shapes[name]} in the model"
             )
-        dtype = dtypes.get(name)  # None: a structure the stage refuses with its reason
+        dtype = dtypes.get(name)  # None: a structured tensor of the model, floating
         if meta["kind"] != "dense" and dtype is not None and not dtype.is_floating_point:
             raise ValueError(
                 f"{where}: tensor {short(name)} is {dtype} in the model; a {meta['kind']} "

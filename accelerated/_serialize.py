@@ -162,7 +162,9 @@ def plan(
     targets = {e.name: e for e in entries(module)}
     try:
         shapes = {name: e.shape for name, e in targets.items()}
-        dtypes = {name: e.dtype() for name, e in targets.items() if e.kind is not None}
+        # a structured tensor of the model is floating; a plain one may not be
+        dense = (e for e in targets.values() if e.kind == "dense")
+        dtypes = {e.name: getattr(e.owner, e.attr).dtype for e in dense}
         checks.check_model(metas, shapes, dtypes, where)
     except ValueError as err:
         raise ValueError(f"ws.load: {err}") from None

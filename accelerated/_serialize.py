@@ -18,17 +18,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from . import _file_checks as checks
 from ._factorization import Factorization
+from ._file_checks import FORMAT_VERSION
 from ._hash_recipe import HashTables
 from ._hashed_layers import Hashed
 from ._packing import bit_width, index_dtype, unpack_bits
 from ._sparse import Sparse, from_layout
-from ._structures import KINDS, Entry, Step, copy_into, entries, restructure
+from ._structures import Entry, Step, copy_into, entries, restructure
 from ._symmetry import Symmetry
 from ._tie import Tied
 
-#: The version of the file format this weightshare writes; newer files are refused.
-FORMAT_VERSION = 1
 METADATA_KEY = "weightshare"
 
 PathLike = str | os.PathLike[str]
@@ -85,12 +85,15 @@ def save(module: nn.Module, path: PathLike) -> None:
     save_file(tensors, os.fspath(path), metadata={METADATA_KEY: json.dumps(header)})
 
 
-def read(path: PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """``(header, tensors)`` of a file written by :func:`save`, with the header checked.
+def read(path: PathLike, *, who: str = "ws.load") -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """``(header, tensors)`` of a file written by :func:`save`, checked as untrusted input.
+
+    Every description is checked strictly and against the tensors present (:mod:`._file_checks`,
+    spec STORE-13 .. 15) before anything is built from it.
 
     Raises:
         ValueError: The file is not a readable safetensors file, has no weightshare metadata,
-            a malformed one, or a newer format version.
+            a malformed one, a newer format version, or descriptions that do not fit its tensors.
     """
     from safetensors import safe_open
 
@@ -102,28 +105,18 @@ def read(path: PathLike) -> tuple[dict[str, Any], dict[str, Tensor]]:
     except FileNotFoundError:
         raise
     except Exception as err:  # safetensors raises its own SafetensorError for a corrupt file
-        raise ValueError(f"ws.load: {where} is not a readable safetensors file: {err}") from None
+        reason = " ".join(str(err).split())[:200]
+        raise ValueError(f"{who}: {where} is not a readable safetensors file: {reason}") from None
     if METADATA_KEY not in metadata:
         raise ValueError(
-            f"ws.load: {where} has no {METADATA_KEY!r} metadata: it was not written by ws.save "
+            f"{who}: {where} has no {METADATA_KEY!r} metadata: it was not written by ws.save "
             "(read a plain safetensors file with safetensors.torch.load_file)"
         )
     try:
-        header = json.loads(metadata[METADATA_KEY])
-        version, metas = header["format_version"], header["tensors"]
-    except (ValueError, KeyError, TypeError) as err:
-        msg = f"ws.load: the weightshare metadata of {where} is malformed: {err}"
-        raise ValueError(msg) from None
-    if not isinstance(version, int) or not isinstance(metas, dict):
-        raise ValueError(f"ws.load: the weightshare metadata of {where} is malformed")
-    if version > FORMAT_VERSION:
-        raise ValueError(
-            f"ws.load: {where} has format version {version}, newer than this weightshare's "
-            f"{FORMAT_VERSION}: upgrade weightshare to read it"
-        )
-    for name, meta in metas.items():
-        if not isinstance(meta, dict) or meta.get("kind") not in KINDS or "shape" not in meta:
-            raise ValueError(f"ws.load: the description of {name!r} in {where} is malformed")
+        header = checks.parse_header(metadata[METADATA_KEY], where)
+        checks.check_file(header["tensors"], tensors, where)
+    except ValueError as err:
+        raise ValueError(f"{who}: {err}") from None
     return header, tensors
 
 
@@ -148,7 +141,7 @@ def load(module: nn.Module, path: PathLike) -> nn.Module:
             missing on either side, another shape (both named), another structure, a corrupt part.
     """
     header, tensors = read(path)
-    steps = plan(module, header["tensors"], tensors)
+    steps = plan(module, header["tensors"], tensors, os.fspath(path))
     for step in steps:
         step()
     return module
@@ -158,41 +151,34 @@ def load(module: nn.Module, path: PathLike) -> nn.Module:
 # planning: every check happens here, before anything is changed
 
 
-def plan(module: nn.Module, metas: dict[str, Any], tensors: dict[str, Tensor]) -> list[Step]:
-    """The steps that load ``tensors`` into ``module``; raises ``ValueError`` if any would fail."""
+def plan(
+    module: nn.Module, metas: dict[str, Any], tensors: dict[str, Tensor], where: str = "the file"
+) -> list[Step]:
+    """The steps that load ``tensors`` into ``module``; raises ``ValueError`` if any would fail.
+
+    ``metas`` and ``tensors`` are checked by :func:`read`: every size in them is bounded by the
+    file, and here by the model's shapes, before any step allocates in proportion to it.
+    """
     targets = {e.name: e for e in entries(module)}
-    missing = sorted(set(targets) - set(metas))
-    if missing:
-        raise ValueError(f"ws.load: the file has no tensor for {missing} of the model")
-    extra = sorted(set(metas) - set(targets))
-    if extra:
-        raise ValueError(f"ws.load: the file's tensors {extra} are not in the model")
-    grouped: dict[str, dict[str, Tensor]] = {name: {} for name in metas}
-    for key, t in tensors.items():
-        if key in metas:
-            grouped[key][""] = t
-        elif "." in key and key.rsplit(".", 1)[0] in metas:
-            name, part = key.rsplit(".", 1)
-            grouped[name][part] = t
-    used: set[str] = set()
+    try:
+        shapes = {name: e.shape for name, e in targets.items()}
+        # a structured tensor of the model is floating; a plain one may not be
+        dense = (e for e in targets.values() if e.kind == "dense")
+        dtypes = {e.name: getattr(e.owner, e.attr).dtype for e in dense}
+        checks.check_model(metas, shapes, dtypes, where)
+    except ValueError as err:
+        raise ValueError(f"ws.load: {err}") from None
+    grouped, _ = checks.group(metas, tensors)
     steps = []
     for name, meta in metas.items():
         e, parts = targets[name], grouped[name]
-        shape = tuple(meta["shape"])
-        if shape != e.shape:
-            raise ValueError(
-                f"ws.load: tensor {name!r} has shape {shape} in the file but {e.shape} in the model"
-            )
         try:
-            step, needed = _STAGERS[meta["kind"]](e, meta, parts)
-        except (KeyError, TypeError, ValueError) as err:
+            step, _needed = _STAGERS[meta["kind"]](e, meta, parts)
+        except (KeyError, TypeError, ValueError, IndexError) as err:
             msg = err.args[0] if isinstance(err, ValueError) and err.args else repr(err)
-            raise ValueError(f"ws.load: tensor {name!r}: {msg}") from None
-        used.update(file_key(name, p) for p in needed)
+            msg = " ".join(str(msg).split())[:300]  # one short line, whatever raised it
+            raise ValueError(f"ws.load: {where}: tensor {checks.short(name)}: {msg}") from None
         steps.append(step)
-    unused = sorted(set(tensors) - used)
-    if unused:
-        raise ValueError(f"ws.load: the file's tensors {unused} belong to no described tensor")
     return steps
 
 

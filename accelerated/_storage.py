@@ -121,6 +121,7 @@ def storage(source: nn.Module | str | os.PathLike[str]) -> Storage:
     Returns:
         A :class:`Storage` table.
     """
+    from ._file_checks import group
     from ._serialize import METADATA_KEY, collect, read
 
     if isinstance(source, nn.Module):
@@ -137,14 +138,15 @@ def storage(source: nn.Module | str | os.PathLike[str]) -> Storage:
         keys = [e.structure.table_key for e in found if isinstance(e.structure, Symmetry)]
         cached = cached_bytes_of(k for k in keys if k is not None)
     else:
-        header, tensors = read(source)
+        header, tensors = read(source, who="ws.storage")  # checked: every tensor described
         metas = header["tensors"]
         size = os.path.getsize(source)
         memory, cached = {}, 0
-    parts: dict[str, int] = dict.fromkeys(metas, 0)
-    for key, t in tensors.items():
-        name = key if key in metas else key.rsplit(".", 1)[0]
-        parts[name] += t.numel() * t.element_size()
+    groups, _ = group(metas, tensors)
+    parts = {
+        name: sum(t.numel() * t.element_size() for t in group_.values())
+        for name, group_ in groups.items()
+    }
     rows = tuple(
         TensorStorage(
             name,
@@ -181,8 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i, path in enumerate(args.files):
         try:
             table = storage(path)
-        except (OSError, ValueError) as err:
-            print(f"{path}: {err}", file=sys.stderr)
+        except (OSError, ValueError) as err:  # one line, whatever the file holds (STORE-16)
+            print("error: " + " ".join(str(err).split()), file=sys.stderr)
             return 1
         print(("\n" if i else "") + f"{path}\n\n{table}")
     return 0

@@ -27,7 +27,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("_packing", "_sparse", "_parametrized"),
     ("_attach", "_tie", "_hashing", "_hash_recipe", "_hashed_layers", "_symmetry"),
     ("_factorization",),
-    ("_structures", "_compress", "_serialize", "_storage"),  # whole models: compress, save, load
+    # whole models: compress, save, load (_file_checks: a file's header, untrusted)
+    ("_structures", "_file_checks", "_compress", "_serialize", "_storage"),
     ("__init__", "__main__", "factorization", "hashing", "nn", "symmetry", "storage"),
 )
 

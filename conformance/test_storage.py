@@ -523,7 +523,7 @@ def test_load_errors_change_nothing(tmp_path: Path) -> None:
     for i, (part, match) in enumerate(
         [
             (torch.full_like(labels, 255), r"'1.weight'.*entries outside \[0, 3\)"),
-            (labels[:-1].clone(), "'1.weight': data has 15 bytes"),
+            (labels[:-1].clone(), "'1.weight': part 'labels' has 15 bytes, expected 16"),
             (None, "'1.weight': the file has no part 'labels'"),
         ]
     ):

@@ -26,12 +26,12 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import _checks as checks
+from ._dropped import tracking
 from ._factorization import Factorization, product
+from ._memory_format import in_format
 from ._packing import bit_width
 from ._parametrized import original, parametrizations_of
 from ._sparse import Sparse, mask_bytes, nonzero_mask
-from ._dropped import tracking
-from ._memory_format import in_format
 from ._structures import (
     Entry,
     Step,

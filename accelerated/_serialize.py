@@ -18,13 +18,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from ._dropped import tracking
 from ._factorization import Factorization
 from ._hash_recipe import HashTables
 from ._hashed_layers import Hashed
+from ._memory_format import in_format
 from ._packing import bit_width, index_dtype, unpack_bits
 from ._sparse import Sparse, from_layout
-from ._dropped import tracking
-from ._memory_format import in_format
 from ._structures import (
     KINDS,
     Entry,
@@ -235,7 +235,9 @@ def plan(
         steps.append(step)
     unused = sorted(set(tensors) - used)
     if unused:
-        raise ValueError(f"ws.load: the file's tensors {_few(unused)} belong to no described tensor")
+        raise ValueError(
+            f"ws.load: the file's tensors {_few(unused)} belong to no described tensor"
+        )
     return steps
 
 

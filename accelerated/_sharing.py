@@ -16,6 +16,12 @@ from torch.nn.utils import parametrize
 __all__ = ["share", "unshare"]
 
 
+def _containers(owner: nn.Module) -> nn.ModuleDict:
+    found = owner.parametrizations
+    assert isinstance(found, nn.ModuleDict)
+    return found
+
+
 class _Placeholder(nn.Module):
     """An identity parametrization, registered only to be replaced at once."""
 
@@ -27,7 +33,7 @@ def share(owner: nn.Module, attr: str, plist: parametrize.ParametrizationList) -
     """Make ``owner.<attr>`` computed by ``plist`` (a structure registered on another module)."""
     if not parametrize.is_parametrized(owner, attr):
         parametrize.register_parametrization(owner, attr, _Placeholder(), unsafe=True)
-    owner.parametrizations[attr] = plist  # type: ignore[index, operator]
+    _containers(owner)[attr] = plist
 
 
 def unshare(owner: nn.Module, attr: str, tensor: Tensor) -> None:
@@ -35,7 +41,7 @@ def unshare(owner: nn.Module, attr: str, tensor: Tensor) -> None:
     structure it sees without computing it."""
     if parametrize.is_parametrized(owner, attr):
         placeholder = parametrize.ParametrizationList([_Placeholder()], tensor, unsafe=True)
-        owner.parametrizations[attr] = placeholder  # type: ignore[index, operator]
+        _containers(owner)[attr] = placeholder
         parametrize.remove_parametrizations(owner, attr, leave_parametrized=False)
     elif isinstance(tensor, nn.Parameter):
         owner.register_parameter(attr, tensor)

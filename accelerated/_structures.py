@@ -20,9 +20,9 @@ from torch.nn.utils import parametrize
 from ._factorization import Factorization
 from ._hash_recipe import HashTables
 from ._hashed_layers import Hashed, _HashedWeight
+from ._memory_format import memory_format_of
 from ._packing import bit_width, pack_bits
 from ._parametrized import original, parametrizations_of
-from ._memory_format import memory_format_of
 from ._sharing import share, unshare
 from ._sparse import Sparse
 from ._symmetry import Symmetry

@@ -12,7 +12,7 @@ from . import _checks as checks
 from ._checks import is_dtensor
 from ._memory_format import in_format, memory_format_of
 from ._packing import bit_width, index_dtype, pack_bits, unpack_bits
-from ._parametrized import parametrization_list
+from ._parametrized import parametrization_list, parametrized_names
 from ._prox import clusters
 from ._sharing import share, unshare
 from ._transaction import transaction
@@ -196,8 +196,10 @@ def untie(module: nn.Module, name: str = "weight") -> nn.Module:
     ]
     with transaction(module):
         parametrize.remove_parametrizations(owner, attr, leave_parametrized=True)
+        weight = owner._parameters[attr]
+        assert weight is not None
         for m, a in others:
-            unshare(m, a, owner._parameters[attr])
+            unshare(m, a, weight)
     return module
 
 
@@ -218,9 +220,7 @@ def _holders(module: nn.Module, p: Tensor) -> list[tuple[nn.Module, str]]:
 
 
 def _parametrized_as(m: nn.Module, plist: nn.Module) -> list[str]:
-    if not parametrize.is_parametrized(m):
-        return []
-    return [a for a, pl in m.parametrizations.items() if pl is plist]
+    return [a for a in parametrized_names(m) if parametrization_list(m, a) is plist]
 
 
 def _whole(w: Tensor) -> Tensor:

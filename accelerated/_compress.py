@@ -108,7 +108,8 @@ def compress(
     0; only exact zeros when ``threshold`` is 0). Hashed, symmetric, tied and sparse weights and
     all buffers are left as they are. The outputs equal those before (``torch.equal``, with
     ``threshold = 0``; a $-0.0$ entry is stored as $+0.0$). The compressed values stay trainable
-    parameters.
+    parameters. A tensor shared by several modules gets one structure that all of them see; each
+    weight keeps its memory format; either every weight is compressed or nothing is changed.
 
     Args:
         module: The model (or one layer).

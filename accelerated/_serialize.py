@@ -150,9 +150,12 @@ def load(module: nn.Module, path: PathLike) -> nn.Module:
 
     The recorded structures are applied to the model's tensors (plain ones get them, ones that
     already have the same structure are rebuilt from the file) and the values are loaded, so the
-    model computes what the saved one computed (bit for bit when the dtypes are the same). Dtypes
-    and devices stay the model's, as with ``load_state_dict``. Either everything is loaded, or
-    nothing is changed.
+    model computes what the saved one computed (bit for bit when the dtypes are the same). Dtypes,
+    devices and memory formats stay the model's, as with ``load_state_dict``. A tensor the model
+    shares between modules gets one structure that all of them see. Either everything is loaded,
+    or nothing is changed (also when applying a part fails: the model is rolled back). Build the
+    optimizer afterwards: one that holds a ``Parameter`` this load drops (a weight that becomes
+    factorized) warns at its first ``step()``.
 
     Args:
         module: The model to load into.
@@ -163,7 +166,8 @@ def load(module: nn.Module, path: PathLike) -> nn.Module:
 
     Raises:
         ValueError: The file is unreadable or newer, or it does not fit the model: a tensor
-            missing on either side, another shape (both named), another structure, a corrupt part.
+            missing on either side, another shape (both named), another structure, a corrupt part,
+            different tensors for one the model shares, a model on the meta device.
     """
     header, tensors = read(path)
     steps = plan(module, header["tensors"], tensors, header.get(SHARED_KEY, {}))

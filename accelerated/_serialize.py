@@ -190,22 +190,9 @@ def plan(
     stored under. A tensor the model shares (several names, one entry) takes its one stored
     tensor; several stored tensors only if they are identical.
     """
-    shared = _shared_map(shared or {}, metas)
     groups = entries(module)
-    names = [n for e in groups for n in e.names]
-    missing = sorted(n for n in names if shared.get(n, n) not in metas)
-    if missing:
-        raise ValueError(f"ws.load: the file has no tensor for {_few(missing)} of the model")
-    sources = [list(dict.fromkeys(shared.get(n, n) for n in e.names)) for e in groups]
-    extra = sorted((set(metas) | set(shared)) - set(names) - {s for src in sources for s in src})
-    if extra:
-        raise ValueError(f"ws.load: the file's tensors {_few(extra)} are not in the model")
-    on_meta = [e.name for e in groups if any(t.is_meta for t in e.parts().values())]
-    if on_meta:
-        raise ValueError(
-            f"ws.load: the model's tensors {_few(on_meta)} are on the meta device and hold no "
-            "memory to load into; materialize the model first (model.to_empty(device=...))"
-        )
+    sources = _match(groups, metas, shared or {})
+    _refuse_meta(groups)
     grouped: dict[str, dict[str, Tensor]] = {name: {} for name in metas}
     for key, t in tensors.items():
         if key in metas:
@@ -243,6 +230,30 @@ def plan(
             f"ws.load: the file's tensors {_few(unused)} belong to no described tensor"
         )
     return steps
+
+
+def _match(groups: list[Entry], metas: dict[str, Any], shared: Any) -> list[list[str]]:
+    """For each logical tensor of the model, the described tensors of the file it takes (its
+    names, each resolved through the file's ``"shared"`` map); every file tensor is taken."""
+    shared = _shared_map(shared, metas)
+    names = [n for e in groups for n in e.names]
+    missing = sorted(n for n in names if shared.get(n, n) not in metas)
+    if missing:
+        raise ValueError(f"ws.load: the file has no tensor for {_few(missing)} of the model")
+    sources = [list(dict.fromkeys(shared.get(n, n) for n in e.names)) for e in groups]
+    extra = sorted((set(metas) | set(shared)) - set(names) - {s for src in sources for s in src})
+    if extra:
+        raise ValueError(f"ws.load: the file's tensors {_few(extra)} are not in the model")
+    return sources
+
+
+def _refuse_meta(groups: list[Entry]) -> None:
+    on_meta = [e.name for e in groups if any(t.is_meta for t in e.parts().values())]
+    if on_meta:
+        raise ValueError(
+            f"ws.load: the model's tensors {_few(on_meta)} are on the meta device and hold no "
+            "memory to load into; materialize the model first (model.to_empty(device=...))"
+        )
 
 
 def _few(names: list[str], at_most: int = 8) -> str:

@@ -83,7 +83,7 @@ def _same(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------
-# STORE-13: all or nothing, also when a part fails while it is applied
+# STORE-18: all or nothing, also when a part fails while it is applied
 
 
 def _fail_at(monkeypatch: pytest.MonkeyPatch, owner: Any, attr: str, k: int) -> list[int]:
@@ -154,7 +154,7 @@ def _lm_with(factorized: str) -> TinyLM:
     return lm
 
 
-@pytest.mark.req("STORE-13")
+@pytest.mark.req("STORE-18")
 @pytest.mark.parametrize("fresh_structured", [False, True])
 def test_load_is_all_or_nothing_at_every_stage(tmp_path: Path, fresh_structured: bool) -> None:
     path = tmp_path / "lm.safetensors"
@@ -168,7 +168,7 @@ def test_load_is_all_or_nothing_at_every_stage(tmp_path: Path, fresh_structured:
     assert _fail_everywhere(make, torch.randint(0, 16, (2, 5))) >= 10
 
 
-@pytest.mark.req("STORE-13")
+@pytest.mark.req("STORE-18")
 def test_compress_and_tie_are_all_or_nothing_at_every_stage() -> None:
     def compressed() -> tuple[nn.Module, Callable[[], object]]:
         lm = _lm()
@@ -190,7 +190,7 @@ def test_compress_and_tie_are_all_or_nothing_at_every_stage() -> None:
     assert _fail_everywhere(untied, torch.arange(12)) >= 2
 
 
-@pytest.mark.req("STORE-13")
+@pytest.mark.req("STORE-18")
 def test_a_failed_load_keeps_the_old_storage_and_values(tmp_path: Path) -> None:
     ws.save(_lm_with("linear1"), tmp_path / "lm.safetensors")
     fresh = _quantized(TinyLM(), seed=1).eval()
@@ -205,10 +205,10 @@ def test_a_failed_load_keeps_the_old_storage_and_values(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# STORE-14 and TRAIN-25: a Parameter shared by several modules
+# STORE-19 and TRAIN-25: a Parameter shared by several modules
 
 
-@pytest.mark.req("STORE-14")
+@pytest.mark.req("STORE-19")
 def test_compress_save_load_of_a_shared_embedding(tmp_path: Path) -> None:
     pair = _quantized(Pair())
     x = torch.arange(12)
@@ -237,7 +237,7 @@ def test_compress_save_load_of_a_shared_embedding(tmp_path: Path) -> None:
     assert grad is not None and grad.abs().sum() > 0
 
 
-@pytest.mark.req("STORE-14")
+@pytest.mark.req("STORE-19")
 def test_tiny_language_model_with_tied_embeddings(tmp_path: Path) -> None:
     lm, x = _lm(), torch.randint(0, 16, (3, 7))
     with torch.no_grad():
@@ -266,7 +266,7 @@ def test_tiny_language_model_with_tied_embeddings(tmp_path: Path) -> None:
         assert torch.equal(untied(x), before)
 
 
-@pytest.mark.req("STORE-14")
+@pytest.mark.req("STORE-19")
 def test_a_file_with_two_different_weights_does_not_load_into_a_shared_one(
     tmp_path: Path,
 ) -> None:
@@ -288,7 +288,7 @@ def test_a_file_with_two_different_weights_does_not_load_into_a_shared_one(
     assert torch.equal(fresh.emb.weight, saved.emb.weight)
 
 
-@pytest.mark.req("STORE-14")
+@pytest.mark.req("STORE-19")
 def test_a_module_used_twice(tmp_path: Path) -> None:
     lin = nn.Linear(5, 5)
     model = _quantized(nn.Sequential(lin, nn.ReLU(), lin))
@@ -328,10 +328,10 @@ def test_tie_and_untie_a_shared_parameter() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# STORE-15: half precision; STORE-16: the meta device; STORE-17: memory formats
+# STORE-20: half precision; STORE-21: the meta device; STORE-22: memory formats
 
 
-@pytest.mark.req("STORE-15")
+@pytest.mark.req("STORE-20")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_eigen_in_half_precision(tmp_path: Path, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
@@ -352,7 +352,7 @@ def test_eigen_in_half_precision(tmp_path: Path, dtype: torch.dtype) -> None:
     assert torch.equal(fresh.parametrizations.weight.original, expected)
 
 
-@pytest.mark.req("STORE-16")
+@pytest.mark.req("STORE-21")
 def test_load_into_a_meta_model_refuses_before_changing_anything(tmp_path: Path) -> None:
     saved = _quantized(nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)))
     ws.compress(saved)
@@ -376,7 +376,7 @@ def _conv_net() -> nn.Module:
     return _quantized(net).to(memory_format=torch.channels_last)
 
 
-@pytest.mark.req("STORE-17")
+@pytest.mark.req("STORE-22")
 def test_compress_and_load_keep_channels_last(tmp_path: Path) -> None:
     net = _conv_net()
     x = torch.randn(2, 3, 10, 10).to(memory_format=torch.channels_last)
@@ -397,7 +397,7 @@ def test_compress_and_load_keep_channels_last(tmp_path: Path) -> None:
         assert torch.equal(fresh(x), before)
 
 
-@pytest.mark.req("STORE-17")
+@pytest.mark.req("STORE-22")
 def test_sparse_and_tied_keep_channels_last() -> None:
     conv = nn.Conv2d(4, 6, 3).to(memory_format=torch.channels_last)
     with torch.no_grad():  # mostly zeros: sparse
@@ -411,10 +411,10 @@ def test_sparse_and_tied_keep_channels_last() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# STORE-18: an optimizer built before load
+# STORE-23: an optimizer built before load
 
 
-@pytest.mark.req("STORE-18")
+@pytest.mark.req("STORE-23")
 def test_an_optimizer_holding_dropped_parameters_warns_at_step(tmp_path: Path) -> None:
     saved = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
     ws.factorize(saved[0], depth=2)

@@ -26,12 +26,23 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import _checks as checks
+from ._dropped import tracking
 from ._factorization import Factorization, product
+from ._memory_format import in_format
 from ._packing import bit_width
 from ._parametrized import original, parametrizations_of
 from ._sparse import Sparse, mask_bytes, nonzero_mask
-from ._structures import Entry, Step, copy_into, entries, restructure
+from ._structures import (
+    Entry,
+    Step,
+    copy_into,
+    current_memory_format,
+    entries,
+    make_plain,
+    restructure,
+)
 from ._tie import Tied
+from ._transaction import transaction
 
 __all__ = ["FORMS", "compress", "form_bytes"]
 
@@ -97,7 +108,8 @@ def compress(
     0; only exact zeros when ``threshold`` is 0). Hashed, symmetric, tied and sparse weights and
     all buffers are left as they are. The outputs equal those before (``torch.equal``, with
     ``threshold = 0``; a $-0.0$ entry is stored as $+0.0$). The compressed values stay trainable
-    parameters.
+    parameters. A tensor shared by several modules gets one structure that all of them see; each
+    weight keeps its memory format; either every weight is compressed or nothing is changed.
 
     Args:
         module: The model (or one layer).
@@ -136,8 +148,9 @@ def compress(
     if bad:
         raise ValueError(f"compress changed nothing: {'; '.join(bad)}")
     steps = [_step(e, w, min_numel, max_values) for e, w in todo]
-    for step in steps:
-        step()
+    with tracking(module, "collapsed by ws.compress"), transaction(module):
+        for step in steps:
+            step()
     return module
 
 
@@ -156,6 +169,7 @@ def _candidate(e: Entry, threshold: float) -> Tensor | None:
 
 
 def _step(e: Entry, w: Tensor, min_numel: int, max_values: int | None) -> Step:
+    fmt = current_memory_format(e)
     w = w + 0.0  # -0.0 becomes +0.0, nothing else changes
     shape = tuple(w.shape)
     form = "dense" if w.numel() < min_numel else _choose(_counts(w), shape, max_values)
@@ -167,16 +181,20 @@ def _step(e: Entry, w: Tensor, min_numel: int, max_values: int | None) -> Step:
     if form == "tied":
         patterns, labels = torch.unique(_patterns(w), return_inverse=True)
         values = patterns.view(w.dtype)
-        return restructure(e, Tied(labels.reshape(shape), values.numel()), True, [values])
+        tied = Tied(in_format(labels.reshape(shape), fmt), values.numel())
+        return restructure(e, tied, True, [values])
     positions = torch.nonzero(nonzero_mask(w).reshape(-1)).reshape(-1)
     if form == "sparse":
-        return restructure(e, Sparse(shape, positions), True, [flat[positions]])
+        structure = Sparse(shape, positions, memory_format=fmt)
+        return restructure(e, structure, True, [flat[positions]])
     patterns, labels = torch.unique(_patterns(w)[positions], return_inverse=True)
     values = patterns.view(w.dtype)
-    structure = Sparse(shape, positions, labels, values.numel())
+    structure = Sparse(shape, positions, labels, values.numel(), memory_format=fmt)
     return restructure(e, structure, True, [values])
 
 
 def _collapse(e: Entry, w: Tensor) -> None:
     parametrize.remove_parametrizations(e.owner, e.attr, leave_parametrized=True)
-    copy_into(getattr(e.owner, e.attr), w)
+    weight = getattr(e.owner, e.attr)
+    copy_into(weight, w)
+    make_plain(e, weight)

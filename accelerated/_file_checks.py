@@ -137,7 +137,8 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def parse_header(text: object, where: str) -> dict[str, Any]:
-    """The checked ``{"format_version": 1, "tensors": {...}}`` of a file's metadata string.
+    """The checked ``{"format_version": 1, "tensors": {...}[, "shared": {...}]}`` of a file's
+    metadata string.
 
     Raises:
         ValueError: Not JSON, nested deeper than :data:`MAX_NESTING`, a non-finite number, a
@@ -161,10 +162,15 @@ def parse_header(text: object, where: str) -> dict[str, Any]:
         raise ValueError(f"{bad}: {str(err)[:200]}") from None
     if not isinstance(header, dict):
         raise ValueError(f"{bad}: it is a JSON {_value(header)}, not an object")
-    need = {"format_version", "tensors"}
-    if header.keys() != need:
-        missing, unknown = sorted(need - header.keys()), sorted(header.keys() - need)
+    need, optional = {"format_version", "tensors"}, {"shared"}
+    if header.keys() - optional != need:
+        missing, unknown = sorted(need - header.keys()), sorted(header.keys() - need - optional)
         raise ValueError(f"{bad}: missing key(s) {shown(missing)}, unknown key(s) {shown(unknown)}")
+    shared = header.get("shared", {})
+    if not isinstance(shared, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in shared.items()
+    ):
+        raise ValueError(f"{bad}: 'shared' must map names to names, got {_value(shared)}")
     version, metas = header["format_version"], header["tensors"]
     if not is_int(version) or version < 1:
         raise ValueError(f"{bad}: 'format_version' must be an int >= 1, got {_value(version)}")

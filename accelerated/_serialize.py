@@ -19,17 +19,30 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from . import _file_checks as checks
+from ._dropped import tracking
 from ._factorization import Factorization
 from ._file_checks import FORMAT_VERSION
 from ._hash_recipe import HashTables
 from ._hashed_layers import Hashed
+from ._memory_format import in_format
 from ._packing import bit_width, index_dtype, unpack_bits
 from ._sparse import Sparse, from_layout
-from ._structures import Entry, Step, copy_into, entries, restructure
+from ._structures import (
+    KINDS,
+    Entry,
+    Step,
+    copy_into,
+    current_memory_format,
+    entries,
+    restructure,
+)
 from ._symmetry import Symmetry
 from ._tie import Tied
+from ._transaction import transaction
 
 METADATA_KEY = "weightshare"
+#: The header key mapping every further name of a shared tensor to the name it is stored under.
+SHARED_KEY = "shared"
 
 PathLike = str | os.PathLike[str]
 #: a tensor's JSON description and its stored tensors, by role
@@ -45,6 +58,7 @@ def file_key(name: str, part: str) -> str:
 def collect(module: nn.Module) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """``(header, tensors)`` of a model: the JSON metadata and the tensors by file key."""
     metas: dict[str, Any] = {}
+    shared: dict[str, str] = {}
     tensors: dict[str, Tensor] = {}
     seen: set[int] = set()
     for e in entries(module):
@@ -54,13 +68,17 @@ def collect(module: nn.Module) -> tuple[dict[str, Any], dict[str, Tensor]]:
         except (TypeError, ValueError) as err:
             raise ValueError(f"ws.save: the description of {e.name!r} is not JSON: {err}") from None
         metas[e.name] = meta
+        shared.update(dict.fromkeys(e.names[1:], e.name))
         for part, t in parts.items():
             t = t.detach().cpu().contiguous()
             if t.untyped_storage().data_ptr() in seen:  # safetensors refuses shared storage
                 t = t.clone()
             seen.add(t.untyped_storage().data_ptr())
             tensors[file_key(e.name, part)] = t
-    return {"format_version": FORMAT_VERSION, "tensors": metas}, tensors
+    header: dict[str, Any] = {"format_version": FORMAT_VERSION, "tensors": metas}
+    if shared:
+        header[SHARED_KEY] = shared
+    return header, tensors
 
 
 def save(module: nn.Module, path: PathLike) -> None:
@@ -125,9 +143,12 @@ def load(module: nn.Module, path: PathLike) -> nn.Module:
 
     The recorded structures are applied to the model's tensors (plain ones get them, ones that
     already have the same structure are rebuilt from the file) and the values are loaded, so the
-    model computes what the saved one computed (bit for bit when the dtypes are the same). Dtypes
-    and devices stay the model's, as with ``load_state_dict``. Either everything is loaded, or
-    nothing is changed.
+    model computes what the saved one computed (bit for bit when the dtypes are the same). Dtypes,
+    devices and memory formats stay the model's, as with ``load_state_dict``. A tensor the model
+    shares between modules gets one structure that all of them see. Either everything is loaded,
+    or nothing is changed (also when applying a part fails: the model is rolled back). Build the
+    optimizer afterwards: one that holds a ``Parameter`` this load drops (a weight that becomes
+    factorized) warns at its first ``step()``.
 
     Args:
         module: The model to load into.
@@ -138,12 +159,14 @@ def load(module: nn.Module, path: PathLike) -> nn.Module:
 
     Raises:
         ValueError: The file is unreadable or newer, or it does not fit the model: a tensor
-            missing on either side, another shape (both named), another structure, a corrupt part.
+            missing on either side, another shape (both named), another structure, a corrupt part,
+            different tensors for one the model shares, a model on the meta device.
     """
     header, tensors = read(path)
-    steps = plan(module, header["tensors"], tensors, os.fspath(path))
-    for step in steps:
-        step()
+    steps = plan(module, header["tensors"], tensors, header.get(SHARED_KEY, {}), os.fspath(path))
+    with tracking(module, "replaced by ws.load"), transaction(module):
+        for step in steps:
+            step()
     return module
 
 
@@ -152,26 +175,48 @@ def load(module: nn.Module, path: PathLike) -> nn.Module:
 
 
 def plan(
-    module: nn.Module, metas: dict[str, Any], tensors: dict[str, Tensor], where: str = "the file"
+    module: nn.Module,
+    metas: dict[str, Any],
+    tensors: dict[str, Tensor],
+    shared: Any = None,
+    where: str = "the file",
 ) -> list[Step]:
     """The steps that load ``tensors`` into ``module``; raises ``ValueError`` if any would fail.
 
     ``metas`` and ``tensors`` are checked by :func:`read`: every size in them is bounded by the
     file, and here by the model's shapes, before any step allocates in proportion to it.
+    ``shared`` maps the further names of a tensor the saved model shared to the name it is
+    stored under. A tensor the model shares (several names, one entry) takes its one stored
+    tensor; several stored tensors only if they are identical.
     """
-    targets = {e.name: e for e in entries(module)}
-    try:
-        shapes = {name: e.shape for name, e in targets.items()}
-        # a structured tensor of the model is floating; a plain one may not be
-        dense = (e for e in targets.values() if e.kind == "dense")
-        dtypes = {e.name: getattr(e.owner, e.attr).dtype for e in dense}
-        checks.check_model(metas, shapes, dtypes, where)
-    except ValueError as err:
-        raise ValueError(f"ws.load: {err}") from None
+    groups = entries(module)
+    sources = _match(groups, metas, shared or {})
+    _refuse_meta(groups)
     grouped, _ = checks.group(metas, tensors)
     steps = []
-    for name, meta in metas.items():
-        e, parts = targets[name], grouped[name]
+    for e, src in zip(groups, sources, strict=True):
+        name = src[0]
+        meta, parts = metas[name], grouped[name]
+        for other in src[1:]:
+            if not _same_tensor(meta, parts, metas[other], grouped[other]):
+                raise ValueError(
+                    f"ws.load: {_few(e.names)} are one shared tensor in the model but the file "
+                    f"holds different tensors {name!r} and {other!r}: load it into a model that "
+                    "does not share them"
+                )
+        shape = tuple(meta["shape"])
+        if shape != e.shape:
+            raise ValueError(
+                f"ws.load: {where}: tensor {checks.short(name)} has shape {shape} in the file but "
+                f"{e.shape} in the model"
+            )
+        if meta["kind"] != "dense" and e.kind == "dense":
+            dtype = getattr(e.owner, e.attr).dtype
+            if not dtype.is_floating_point:  # a structure goes only to a floating tensor
+                raise ValueError(
+                    f"ws.load: {where}: tensor {checks.short(name)} is {dtype} in the model; a "
+                    f"{meta['kind']} tensor must be floating"
+                )
         try:
             step, _needed = _STAGERS[meta["kind"]](e, meta, parts)
         except (KeyError, TypeError, ValueError, IndexError) as err:
@@ -180,6 +225,65 @@ def plan(
             raise ValueError(f"ws.load: {where}: tensor {checks.short(name)}: {msg}") from None
         steps.append(step)
     return steps
+
+
+def _match(groups: list[Entry], metas: dict[str, Any], shared: Any) -> list[list[str]]:
+    """For each logical tensor of the model, the described tensors of the file it takes (its
+    names, each resolved through the file's ``"shared"`` map); every file tensor is taken."""
+    shared = _shared_map(shared, metas)
+    names = [n for e in groups for n in e.names]
+    missing = sorted(n for n in names if shared.get(n, n) not in metas)
+    if missing:
+        raise ValueError(f"ws.load: the file has no tensor for {_few(missing)} of the model")
+    sources = [list(dict.fromkeys(shared.get(n, n) for n in e.names)) for e in groups]
+    extra = sorted((set(metas) | set(shared)) - set(names) - {s for src in sources for s in src})
+    if extra:
+        raise ValueError(f"ws.load: the file's tensors {_few(extra)} are not in the model")
+    return sources
+
+
+def _refuse_meta(groups: list[Entry]) -> None:
+    on_meta = [e.name for e in groups if any(t.is_meta for t in e.parts().values())]
+    if on_meta:
+        raise ValueError(
+            f"ws.load: the model's tensors {_few(on_meta)} are on the meta device and hold no "
+            "memory to load into; materialize the model first (model.to_empty(device=...))"
+        )
+
+
+def _few(names: list[str], at_most: int = 8) -> str:
+    """``names`` as a short list: the first few, then how many more."""
+    shown = repr(list(names[:at_most]))
+    return shown if len(names) <= at_most else f"{shown} and {len(names) - at_most} more"
+
+
+def _shared_map(shared: Any, metas: dict[str, Any]) -> dict[str, str]:
+    """The file's map of shared names, checked: each further name to a described tensor."""
+    if not isinstance(shared, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in shared.items()
+    ):
+        raise ValueError(f"ws.load: the file's {SHARED_KEY!r} map is not names to names")
+    bad = [k for k, v in shared.items() if k in metas or v not in metas]
+    if bad:
+        raise ValueError(
+            f"ws.load: the file's {SHARED_KEY!r} map names {_few(bad)}, which are described "
+            "tensors or point to no described tensor"
+        )
+    return shared
+
+
+def _same_tensor(meta: Meta, parts: Parts, other_meta: Meta, other: Parts) -> bool:
+    """Whether two described tensors of a file are the same (description and parts)."""
+    return (
+        meta == other_meta
+        and parts.keys() == other.keys()
+        and all(
+            parts[k].dtype == other[k].dtype
+            and parts[k].shape == other[k].shape
+            and torch.equal(parts[k], other[k])
+            for k in parts
+        )
+    )
 
 
 def _part(parts: dict[str, Tensor], part: str, shape: tuple[int, ...] | None = None) -> Tensor:
@@ -221,7 +325,8 @@ def _stage_tied(e: Entry, meta: Meta, parts: Parts) -> tuple[Step, list[str]]:
     bad = int((flat >= k).sum())
     if bad:
         raise ValueError(f"the packed labels have {bad} entries outside [0, {k})")
-    tied = Tied(flat.reshape(e.shape).to(_device(e)), k)
+    labels = in_format(flat.reshape(e.shape).to(_device(e)), current_memory_format(e))
+    tied = Tied(labels, k)
     return restructure(e, tied, True, [values]), ["values", "labels"]
 
 
@@ -285,7 +390,7 @@ def _stage_sparse(e: Entry, meta: Meta, parts: Parts) -> tuple[Step, list[str]]:
     layout = {**meta, **{p: t for p, t in parts.items() if p != "values"}}
     positions, labels, k = from_layout(layout, e.shape, _device(e))
     values = _part(parts, "values", (positions.numel() if k is None else k,))
-    structure = Sparse(e.shape, positions, labels, k)
+    structure = Sparse(e.shape, positions, labels, k, memory_format=current_memory_format(e))
     needed = ["values", *(["bitmap"] if meta["layout"] == "bitmap" else ["indptr", "indices"])]
     return restructure(e, structure, True, [values]), needed + ([] if k is None else ["labels"])
 

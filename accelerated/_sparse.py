@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._memory_format import in_format
 from ._packing import bit_width, index_dtype, pack_bits, unpack_bits
 
 #: The version of the extra-state dict of :class:`Sparse`; a newer one is refused.
@@ -125,6 +126,8 @@ class Sparse(nn.Module):
         positions: The sorted flat positions of the non-zeros.
         labels: The codebook label of each non-zero, or ``None``.
         num_values: $K$, the codebook size (with ``labels``).
+        memory_format: The memory format of the built weight (``channels_last`` for a
+            ``channels_last`` weight).
     """
 
     positions: Tensor
@@ -136,8 +139,10 @@ class Sparse(nn.Module):
         positions: Tensor,
         labels: Tensor | None = None,
         num_values: int | None = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
     ) -> None:
         super().__init__()
+        self.memory_format = memory_format
         self.shape = tuple(shape)
         self.numel = math.prod(self.shape)
         self.nnz = positions.numel()
@@ -150,7 +155,8 @@ class Sparse(nn.Module):
 
     def forward(self, values: Tensor) -> Tensor:
         nz = values if self.labels is None else values[self.labels]
-        return values.new_zeros(self.numel).index_put((self.positions,), nz).reshape(self.shape)
+        flat = values.new_zeros(self.numel).index_put((self.positions,), nz)
+        return in_format(flat.reshape(self.shape), self.memory_format)
 
     @torch.no_grad()
     def right_inverse(self, weight: Tensor) -> Tensor:

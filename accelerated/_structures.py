@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,11 +20,14 @@ from torch.nn.utils import parametrize
 from ._factorization import Factorization
 from ._hash_recipe import HashTables
 from ._hashed_layers import Hashed, _HashedWeight
+from ._memory_format import memory_format_of
 from ._packing import bit_width, pack_bits
 from ._parametrized import original, parametrizations_of
+from ._sharing import share, unshare
 from ._sparse import Sparse
 from ._symmetry import Symmetry
 from ._tie import Tied
+from ._transaction import protect
 
 #: Every structure a logical tensor can have, as named in the file.
 KINDS = ("dense", "tied", "hashed", "symmetric", "factorized", "sparse")
@@ -44,6 +47,8 @@ class Entry:
     ``owner`` is the module holding it, ``attr`` its attribute name; ``kind`` one of ``KINDS``,
     or ``None`` for a structure that cannot be stored (``problem`` says why); ``structure`` is the
     parametrization (or the hashed layer) that computes it, ``None`` for a dense tensor.
+    ``aliases`` are the other ``(name, owner, attr)`` that see the same tensor (one ``Parameter``,
+    buffer, structure or hashed layer held by several modules, or a module used twice).
     """
 
     name: str
@@ -52,6 +57,12 @@ class Entry:
     kind: str | None
     structure: nn.Module | None = None
     problem: str = ""
+    aliases: list[tuple[str, nn.Module, str]] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        """Its name and its aliases' names."""
+        return [self.name, *(a[0] for a in self.aliases)]
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -159,25 +170,33 @@ def entries(module: nn.Module) -> list[Entry]:
     for m in module.modules():
         if isinstance(m, parametrize.ParametrizationList):
             hidden.update(id(sub) for sub in m.modules())
-    out: list[Entry] = []
+    found: dict[tuple[str, int], Entry] = {}
+
+    def add(key: tuple[str, int], e: Entry) -> None:
+        if key in found:
+            found[key].aliases.append((e.name, e.owner, e.attr))
+        else:
+            found[key] = e
+
     for path, m in module.named_modules(remove_duplicate=False):
         if id(m) in hidden:
             continue
         if isinstance(m, _HashedWeight):
-            out.append(Entry(_join(path, "weight"), m, "weight", "hashed", m))
+            add(("hashed", id(m)), Entry(_join(path, "weight"), m, "weight", "hashed", m))
         elif _has_foreign_extra_state(m):
             problem = f"({type(m).__name__}) has extra state, which ws.save cannot store"
-            out.append(Entry(_join(path, "_extra_state"), m, "_extra_state", None, m, problem))
+            e = Entry(_join(path, "_extra_state"), m, "_extra_state", None, m, problem)
+            add(("extra", id(m)), e)
         if parametrize.is_parametrized(m):
             for attr, plist in m.parametrizations.items():
-                out.append(_parametrized(_join(path, attr), m, attr, plist))
+                add(("structure", id(plist)), _parametrized(_join(path, attr), m, attr, plist))
         for attr, p in m._parameters.items():
             if p is not None and not (isinstance(m, _HashedWeight) and attr == "values"):
-                out.append(Entry(_join(path, attr), m, attr, "dense"))
+                add(("tensor", id(p)), Entry(_join(path, attr), m, attr, "dense"))
         for attr, b in m._buffers.items():
             if b is not None and attr not in m._non_persistent_buffers_set:
-                out.append(Entry(_join(path, attr), m, attr, "dense"))
-    return out
+                add(("tensor", id(b)), Entry(_join(path, attr), m, attr, "dense"))
+    return list(found.values())
 
 
 def _parametrized(
@@ -198,19 +217,30 @@ Step = Callable[[], None]
 
 
 def copy_into(dst: Tensor, src: Tensor) -> None:
-    """``dst.copy_(src)`` without autograd."""
+    """``dst.copy_(src)`` without autograd (a running transaction keeps ``dst``'s values)."""
+    protect(dst)
     with torch.no_grad():
         dst.copy_(src)
 
 
+def current_memory_format(e: Entry) -> torch.memory_format:
+    """The memory format ``e``'s weight has now (its structure's, for a structured one)."""
+    if e.kind == "dense":
+        return memory_format_of(getattr(e.owner, e.attr))
+    fmt = getattr(e.structure, "memory_format", torch.contiguous_format)
+    return fmt if isinstance(fmt, torch.memory_format) else torch.contiguous_format
+
+
 def restructure(e: Entry, structure: nn.Module, unsafe: bool, values: list[Tensor]) -> Step:
-    """A step: drop ``e``'s current structure, register ``structure``, load ``values`` into it."""
+    """A step: drop ``e``'s current structure, register ``structure``, load ``values`` into it;
+    ``e``'s aliases then see the new structure too."""
 
     def step() -> None:
         if parametrize.is_parametrized(e.owner, e.attr):
             parametrize.remove_parametrizations(e.owner, e.attr, leave_parametrized=True)
-        with torch.no_grad():
-            getattr(e.owner, e.attr).zero_()  # right_inverse of zeros cannot fail
+        weight = getattr(e.owner, e.attr)
+        with torch.no_grad():  # right_inverse of zeros cannot fail; the old storage is kept
+            weight.data = torch.zeros_like(weight, memory_format=torch.contiguous_format)
         parametrize.register_parametrization(e.owner, e.attr, structure, unsafe=unsafe)
         plist = parametrizations_of(e.owner, e.attr)
         single = hasattr(plist, "original")  # else a tuple-valued right_inverse: original0..
@@ -221,5 +251,13 @@ def restructure(e: Entry, structure: nn.Module, unsafe: bool, values: list[Tenso
         )
         for dst, src in zip(originals, values, strict=True):
             copy_into(dst, src)
+        for _, owner, attr in e.aliases:
+            share(owner, attr, plist)
 
     return step
+
+
+def make_plain(e: Entry, tensor: Tensor) -> None:
+    """Make ``e`` and its aliases the plain ``tensor``, dropping their structure uncomputed."""
+    for _, owner, attr in [(e.name, e.owner, e.attr), *e.aliases]:
+        unshare(owner, attr, tensor)

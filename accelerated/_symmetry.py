@@ -194,6 +194,8 @@ def _eigen_build(free: Tensor, shape: tuple[int, ...], rank: int) -> Tensor:
 
 
 def _eigen_free(W: Tensor, rank: int) -> Tensor:
+    if W.dtype in (torch.float16, torch.bfloat16):  # eigh has no half kernels: float32, cast back
+        return _eigen_free(W.float(), rank).to(W.dtype)
     n = W.shape[0]
     S = W.reshape(n, n, -1).permute(2, 0, 1)
     S = (S + S.transpose(1, 2)) / 2

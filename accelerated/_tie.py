@@ -10,9 +10,12 @@ from torch.nn.utils import parametrize
 
 from . import _checks as checks
 from ._checks import is_dtensor
+from ._memory_format import in_format, memory_format_of
 from ._packing import bit_width, index_dtype, pack_bits, unpack_bits
-from ._parametrized import parametrization_list
+from ._parametrized import parametrization_list, parametrized_names
 from ._prox import clusters
+from ._sharing import share, unshare
+from ._transaction import transaction
 
 __all__ = ["num_distinct", "tie", "untie", "zero_fraction"]
 
@@ -68,6 +71,11 @@ class Tied(nn.Module):
             raise ValueError(f"the packed labels have {bad} entries outside [0, {k})")
         return flat.reshape(shape)
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The memory format of the built weight: the labels' (indexing keeps it)."""
+        return memory_format_of(self.labels)
+
     def forward(self, values: Tensor) -> Tensor:
         # indexing backward accumulates: the gradient of values[k] is the sum over its members
         return values[self.labels]
@@ -95,11 +103,13 @@ def tie(module: nn.Module, name: str = "weight", labels: Tensor | None = None) -
     Registers a parametrization that stores one value per cluster (initialised to the cluster
     mean) and gathers them into the weight, so the gradient of a shared value is the sum of its
     members' gradients. The stored ``Parameter`` keeps its identity and becomes shape ``(K,)``:
-    build the optimizer after tying.
+    build the optimizer after tying. ``name`` may be a dotted path (``"emb.weight"``): every
+    module under ``module`` that holds the same ``Parameter`` (tied embeddings, a module used
+    twice) then sees the one tied structure. Either the tie is made, or nothing is changed.
 
     Args:
-        module: the module that owns the parameter.
-        name: the parameter's attribute name.
+        module: the module that owns the parameter, or one of its parents.
+        name: the parameter's attribute name, or its dotted path under ``module``.
         labels: integer tensor of the parameter's shape; equal labels share one value. Defaults to
             ``weightshare.clusters(weight)``, the groups of exactly equal values.
 
@@ -113,9 +123,10 @@ def tie(module: nn.Module, name: str = "weight", labels: Tensor | None = None) -
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"tie expects an nn.Module, got {type(module).__name__}")
-    if parametrize.is_parametrized(module, name):
+    owner, attr = _resolve(module, name)
+    if parametrize.is_parametrized(owner, attr):
         raise ValueError(f"{name!r} of {type(module).__name__} is already parametrized")
-    weight = module._parameters.get(name)
+    weight = owner._parameters.get(attr)
     if weight is None:
         raise ValueError(f"{type(module).__name__} has no parameter named {name!r}")
     if is_dtensor(weight):
@@ -137,17 +148,27 @@ def tie(module: nn.Module, name: str = "weight", labels: Tensor | None = None) -
             f"{tuple(weight.shape)}"
         )
     uniq, index = torch.unique(labels.to(weight.device), return_inverse=True)
-    tied = Tied(index.reshape(weight.shape), int(uniq.numel()))
-    parametrize.register_parametrization(module, name, tied, unsafe=True)
+    index = in_format(index.reshape(weight.shape), memory_format_of(weight))
+    tied = Tied(index, int(uniq.numel()))
+    others = [(m, a) for m, a in _holders(module, weight) if (m, a) != (owner, attr)]
+    with transaction(module):
+        parametrize.register_parametrization(owner, attr, tied, unsafe=True)
+        plist = parametrization_list(owner, attr)
+        assert plist is not None
+        for m, a in others:
+            share(m, a, plist)
     return module
 
 
 def untie(module: nn.Module, name: str = "weight") -> nn.Module:
     """Remove the tying of ``module.<name>``, keeping the tied weight as a plain parameter.
 
+    ``name`` may be a dotted path; every module under ``module`` that sees the same tie gets the
+    plain ``Parameter`` back.
+
     Args:
-        module: the module that owns the tied parameter.
-        name: the parameter's attribute name.
+        module: the module that owns the tied parameter, or one of its parents.
+        name: the parameter's attribute name, or its dotted path under ``module``.
 
     Returns:
         The module, with ``module.<name>`` a plain parameter of the original shape (the same
@@ -158,7 +179,8 @@ def untie(module: nn.Module, name: str = "weight") -> nn.Module:
     """
     if not isinstance(module, nn.Module):
         raise TypeError(f"untie expects an nn.Module, got {type(module).__name__}")
-    plist = parametrization_list(module, name)
+    owner, attr = _resolve(module, name)
+    plist = parametrization_list(owner, attr)
     if plist is None or not any(isinstance(p, Tied) for p in plist):
         raise ValueError(f"{name!r} of {type(module).__name__} is not tied")
     if is_dtensor(plist.original):
@@ -166,8 +188,39 @@ def untie(module: nn.Module, name: str = "weight") -> nn.Module:
             f"untie of a sharded tie ({name!r} of {type(module).__name__}, a DTensor after "
             "fully_shard or tensor parallelism) is not supported: untie before sharding"
         )
-    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    others = [
+        (m, a)
+        for m in module.modules()
+        for a in _parametrized_as(m, plist)
+        if (m, a) != (owner, attr)
+    ]
+    with transaction(module):
+        parametrize.remove_parametrizations(owner, attr, leave_parametrized=True)
+        weight = owner._parameters[attr]
+        assert weight is not None
+        for m, a in others:
+            unshare(m, a, weight)
     return module
+
+
+def _resolve(module: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """The module and attribute a (dotted) tensor name refers to."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {type(name).__name__}")
+    path, _, attr = name.rpartition(".")
+    try:
+        return (module.get_submodule(path) if path else module), attr
+    except AttributeError:
+        raise ValueError(f"{type(module).__name__} has no submodule {path!r}") from None
+
+
+def _holders(module: nn.Module, p: Tensor) -> list[tuple[nn.Module, str]]:
+    """Every ``(module, attr)`` under ``module`` whose plain parameter ``attr`` is ``p``."""
+    return [(m, a) for m in module.modules() for a, q in m._parameters.items() if q is p]
+
+
+def _parametrized_as(m: nn.Module, plist: nn.Module) -> list[str]:
+    return [a for a in parametrized_names(m) if parametrization_list(m, a) is plist]
 
 
 def _whole(w: Tensor) -> Tensor:

@@ -24,7 +24,16 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("_prox", "_penalty", "_deferred"),
     ("_distributed_layout", "_distributed_sort", "_distributed"),
     ("_api",),
-    ("_packing", "_sparse", "_parametrized"),
+    # the parts of stored weights, and the machinery that applies them all or nothing
+    (
+        "_packing",
+        "_sparse",
+        "_parametrized",
+        "_memory_format",
+        "_sharing",
+        "_transaction",
+        "_dropped",
+    ),
     ("_attach", "_tie", "_hashing", "_hash_recipe", "_hashed_layers", "_symmetry"),
     ("_factorization",),
     # whole models: compress, save, load (_file_checks: a file's header, untrusted)

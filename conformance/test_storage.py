@@ -403,8 +403,11 @@ def _build(layers: list[tuple], dtype: torch.dtype, structured: bool, seed: int)
         elif kind == "factorized":
             ws.factorize(lin, depth=extra["depth"])
         elif kind == "sparse":
-            with torch.no_grad():
-                w.mul_(torch.rand(w.shape) < extra["density"])
+            with torch.no_grad():  # a fixed count of zeros, so every seed compresses to sparse
+                zeros = max(1, round(w.numel() * (1 - extra["density"])))
+                keep = torch.ones(w.numel(), dtype=torch.bool)
+                keep[torch.randperm(w.numel())[:zeros]] = False
+                w.mul_(keep.reshape(w.shape))
                 if extra["codebook"]:
                     w.copy_(torch.round(w * 4) / 4)
             ws.compress(lin, max_values=None if extra["codebook"] else 1)

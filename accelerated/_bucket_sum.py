@@ -82,7 +82,8 @@ def segment_sum(grad: Tensor, sign: Tensor | None, order: Tensor, offsets: Tenso
     if g.dtype == torch.float64:
         lengths = offsets.diff().to(torch.int64)
         return torch.segment_reduce(g, "sum", lengths=lengths, unsafe=True)
-    prefix = F.pad(g.cumsum(0, dtype=torch.float64), (1, 0))
+    prefix = g.new_zeros(g.numel() + 1, dtype=torch.float64)  # prefix[j] = sum of g[:j]
+    torch.cumsum(g, 0, dtype=torch.float64, out=prefix[1:])
     sums = prefix.index_select(0, offsets[1:]) - prefix.index_select(0, offsets[:-1])
     return sums.to(g.dtype)
 

@@ -704,7 +704,8 @@ def test_storage_table_and_command(tmp_path: Path) -> None:
     assert tied.file_bytes == 3 * 4 + 16 and tied.ratio == 256 / 28
     assert tied.memory_bytes == 3 * 4 + 64 * 4  # values + int32 labels
     hashed = rows["0.weight"]
-    assert hashed.memory_bytes == 13 * 4 + 80 * 4 + 80  # values + int32 index + int8 sign
+    # values + int32 index + int8 sign + int32 bucket order and K + 1 bucket offsets (HASH-19)
+    assert hashed.memory_bytes == 13 * 4 + 80 * 4 + 80 + 80 * 4 + 14 * 4
     assert table.dense_bytes == sum(4 * r.numel for r in table.tensors)
     assert "| `1.weight` | tied | 64 | 256 |" in str(table)
     out = subprocess.run(

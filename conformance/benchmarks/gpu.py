@@ -3,8 +3,9 @@
 ``python -m conformance.benchmarks.gpu --out DIR`` (part of ``make gpu-check``) times, on one CUDA
 device and in one run: single vectors of d = 2^16..2^26, a 4096 x 4096 batch of rows and a
 ``prox_many`` over every conv/linear weight of a ResNet-50, float32 and float64, random and chain
-inputs. Times are medians of CUDA-event intervals after a warm-up; every ratio divides by a
-baseline measured in the same run. It writes ``gpu_bench.json`` and ``gpu_bench.md`` to DIR.
+inputs, and ``HashedLinear(4096, 4096, 2**20)`` forward + backward against ``nn.Linear`` (HASH-19).
+Times are medians of CUDA-event intervals after a warm-up; every ratio divides by a baseline
+measured in the same run. It writes ``gpu_bench.json`` and ``gpu_bench.md`` to DIR.
 """
 
 from __future__ import annotations
@@ -125,7 +126,36 @@ def run(quick: bool = False) -> list[dict]:
             _batch(record, dtype)
             _resnet50(record, dtype)
         records.append(_memory(2**20 if quick else 2**26))
+    records.append(_hashed_linear(quick))
     return records
+
+
+def _hashed_linear(quick: bool) -> dict:
+    """``HashedLinear(n, n, K)`` forward + backward (batch 256, float32) against ``nn.Linear``,
+    and against the gradient path before HASH-19 (autograd of ``values[index] * sign``)."""
+    from weightshare import nn as wnn
+
+    n, k = (1024, 2**16) if quick else (4096, 2**20)
+    torch.manual_seed(0)
+    x = torch.randn(256, n, device="cuda", requires_grad=True)
+    dense = torch.nn.Linear(n, n, device="cuda")
+    layer = wnn.HashedLinear(n, n, k, device="cuda")
+    sign = layer.sign.to(torch.float32)  # type: ignore[union-attr]
+
+    def old() -> None:
+        weight = layer.values[layer.index] * sign
+        torch.nn.functional.linear(x, weight, layer.bias).sum().backward()
+
+    ms = {
+        "dense": cuda_ms(lambda: dense(x).sum().backward()),
+        "hashed": cuda_ms(lambda: layer(x).sum().backward()),
+        "hashed-old": cuda_ms(old),
+    }
+    print(f"hashed linear {n}x{n} K=2^{int(math.log2(k))}: {ms}", flush=True)
+    return {"case": f"HashedLinear({n}, {n}, 2^{int(math.log2(k))}) fwd+bwd, batch 256",
+            "dtype": "torch.float32", "hashed_ms": ms,
+            "hashed_over_dense": ms["hashed"] / ms["dense"],
+            "old_over_dense": ms["hashed-old"] / ms["dense"]}  # fmt: skip
 
 
 def _memory(d: int) -> dict:
@@ -180,7 +210,22 @@ def render(records: list[dict]) -> str:
         if "peak_extra_over_input" in r:
             lines.append(f"\nPeak extra memory, {r['case']} float32: "
                          f"{r['peak_extra_over_input']:.2f}x the input's bytes.")  # fmt: skip
+    lines.extend(_hashed_lines(records))
     return "\n".join(lines) + "\n"
+
+
+def _hashed_lines(records: list[dict]) -> list[str]:
+    """The hashed-layer rows (goal: hashed / dense <= 2)."""
+    out = []
+    for r in records:
+        if "hashed_ms" in r:
+            ms = r["hashed_ms"]
+            out.append(
+                f"\n{r['case']}: dense {ms['dense']:.3f} ms, hashed {ms['hashed']:.3f} ms "
+                f"({r['hashed_over_dense']:.2f}x dense; goal <= 2), before HASH-19 "
+                f"{ms['hashed-old']:.3f} ms ({r['old_over_dense']:.2f}x dense)."
+            )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

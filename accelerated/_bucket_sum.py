@@ -5,13 +5,13 @@ order on every call:
 
 - **on the CPU**, torch's ``index_add_`` (a serial loop over the entries in C order; faster on a
   CPU than a gather in bucket order, which misses the cache);
-- **elsewhere** (CUDA), a segment sum over the entries in **bucket order**: a permutation of the
-  flat positions sorted by bucket, computed once with the tables (:func:`bucket_order`), makes
-  each bucket a contiguous segment. No scatter, no atomics, no sort per step. float64 gradients
-  are summed segment by segment (``torch.segment_reduce``); narrower ones as the difference of a
-  float64 prefix sum at the segment ends (a few bandwidth-bound kernels), whose absolute error is
-  at most about $2 n\,u_{64} \sum_i |G_i|$ ($u_{64} = 2^{-53}$, $n$ entries): below the rounding
-  of the float32 result unless a bucket's sum is below ~$10^{-8}$ of $\sum_i |G_i|$.
+- **elsewhere** (CUDA), **bucket rows**: when the tables are built, the entries are laid out in
+  bucket order in rows of a fixed width $w$, no row holding two buckets (padding reads an
+  appended zero); the backward gathers $\xi \odot G$ into those rows and sums each row. A bucket
+  with more than one row is summed again, the same way, over its row sums, until each bucket has
+  one row: a few levels of "gather, then sum a small fixed-width dimension". No scatter, no
+  atomics, no prefix sum, no sort per step; the same tree of additions on every call.
+  float16/bfloat16 gradients are summed in float32.
 """
 
 from __future__ import annotations
@@ -19,35 +19,113 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
     "SERIAL_DEVICES",
-    "bucket_order",
+    "Levels",
+    "bucket_rows",
     "bucket_sum",
     "expand",
     "gather",
-    "segment_sum",
+    "needs_rows",
+    "row_sum",
     "serial_sum",
 ]
 
-#: Device types whose bucket sum is the serial ``index_add_`` (others use the segment sum).
+#: Device types whose bucket sum is the serial ``index_add_`` (others use the bucket rows).
 SERIAL_DEVICES = frozenset({"cpu"})
+#: ``(rows, width)`` of every level of the bucket rows.
+Levels = tuple[tuple[int, int], ...]
 
 
-def bucket_order(index: Tensor, num_buckets: int) -> tuple[Tensor, Tensor]:
-    """``(order, offsets)`` of a table: its flat positions sorted by bucket (stable), and the
-    ``K + 1`` starts of the buckets' segments in that order (the last is the table's size).
+#: The widest row: a level sums at most this many values per row.
+MAX_WIDTH = 64
 
-    Both are int32 when the table has fewer than $2^{31}$ entries, else int64.
+
+def _exclusive(counts: Tensor) -> Tensor:
+    return counts.cumsum(0) - counts
+
+
+def _first_width(counts: Tensor) -> int:
+    """Level 0's width: least entries stored at levels 0 and (estimated) 1; ties: the wider."""
+    best, best_cost = MAX_WIDTH, None
+    for w in range(MAX_WIDTH, 1, -1):
+        rows = (counts + w - 1) // w
+        again = rows > 1
+        level1 = int(again.sum()) * min(MAX_WIDTH, int(rows.max()))
+        cost = int(rows.sum()) * w + (level1 if bool(again.any()) else 0)
+        if best_cost is None or cost < best_cost:
+            best, best_cost = w, cost
+    return best
+
+
+def _level(items: Tensor, counts: Tensor, width: int, pad: int) -> tuple[Tensor, Tensor]:
+    """``(layout, rows per group)``: ``items`` (grouped, ``counts`` per group) in rows of
+    ``width`` that never hold two groups; ``pad`` fills the rest."""
+    rows_g = (counts + width - 1) // width
+    rows = int(rows_g.sum())
+    group = torch.repeat_interleave(
+        torch.arange(counts.numel(), device=items.device), counts, output_size=items.numel()
+    )
+    rank = torch.arange(items.numel(), device=items.device) - _exclusive(counts)[group]
+    layout = torch.full((rows, width), pad, dtype=torch.int64, device=items.device)
+    layout[_exclusive(rows_g)[group] + rank // width, rank % width] = items
+    return layout.reshape(-1), rows_g
+
+
+def bucket_rows(index: Tensor, num_buckets: int) -> tuple[Tensor, Levels]:
+    """``(layout, levels)``: the bucket rows of a table, built once (a sort, a few passes).
+
+    ``levels`` lists ``(rows, width)`` per level and ends with ``(K, 1)``, the final gather;
+    ``layout`` concatenates every level's ``rows x width`` positions. Level 0 reads the $N$
+    signed gradient entries (position $N$ is a zero) and writes its row sums to a buffer of all
+    levels' row sums (whose last position is a zero); each later level reads that buffer and
+    sums the rows of the buckets that still have more than one; the final gather reads each
+    bucket's last row sum (a zero for an empty bucket; with no level, it reads the entries).
+    int32 when the table has fewer than $2^{31} - 1$ entries, else int64.
     """
-    flat = index.reshape(-1)
-    dtype = torch.int32 if flat.numel() < 2**31 else torch.int64
-    order = torch.sort(flat, stable=True).indices.to(dtype)
-    counts = torch.bincount(flat.long(), minlength=num_buckets)
-    offsets = F.pad(counts.cumsum(0), (1, 0)).to(dtype)
-    return order, offsets
+    flat = index.reshape(-1).long()
+    n, k, dev = flat.numel(), num_buckets, flat.device
+    order = torch.sort(flat, stable=True).indices  # the entries in bucket order
+    counts = torch.bincount(flat, minlength=k)
+    final = torch.full((k,), -1, dtype=torch.int64, device=dev)  # -1: the buffer's zero
+    parts: list[Tensor] = []
+    levels: list[tuple[int, int]] = []
+    if int(counts.max()) <= 1:
+        final[flat] = torch.arange(n, device=dev)
+        final[counts == 0] = n
+    else:
+        width = _first_width(counts)
+        layout, rows = _level(order, counts, width, n)
+        parts.append(layout)
+        levels.append((layout.numel() // width, width))
+        start, total = _exclusive(rows), layout.numel() // width  # rows' buffer positions
+        while True:
+            final[rows == 1] = start[rows == 1]
+            todo = torch.nonzero(rows > 1).reshape(-1)
+            if todo.numel() == 0:
+                break
+            counts_t = rows[todo]
+            width = min(MAX_WIDTH, int(counts_t.max()))
+            items = torch.repeat_interleave(start[todo], counts_t) + (
+                torch.arange(int(counts_t.sum()), device=dev)
+                - torch.repeat_interleave(_exclusive(counts_t), counts_t)
+            )
+            layout, rows_t = _level(items, counts_t, width, -1)
+            parts.append(layout)
+            levels.append((layout.numel() // width, width))
+            rows = torch.zeros_like(rows)
+            rows[todo] = rows_t
+            start = torch.zeros_like(start)
+            start[todo] = _exclusive(rows_t) + total
+            total += layout.numel() // width
+        parts = [p.masked_fill(p < 0, total) for p in parts]
+        final = final.masked_fill(final < 0, total)
+    parts.append(final)
+    levels.append((k, 1))
+    dtype = torch.int32 if n < 2**31 - 1 else torch.int64
+    return torch.cat(parts).to(dtype), tuple(levels)
 
 
 def _flat_sign(sign: Tensor, dtype: torch.dtype) -> Tensor:
@@ -66,30 +144,42 @@ def serial_sum(grad: Tensor, index: Tensor, sign: Tensor | None, num_buckets: in
     return out.index_add_(0, index.reshape(-1), _signed(grad, sign))
 
 
-def segment_sum(grad: Tensor, sign: Tensor | None, order: Tensor, offsets: Tensor) -> Tensor:
-    r"""$g_k$ as segment sums of $\xi \odot G$ in bucket order (deterministic on every device).
+def row_sum(grad: Tensor, sign: Tensor | None, layout: Tensor, levels: Levels) -> Tensor:
+    r"""$g_k$ by the bucket rows of :func:`bucket_rows` (deterministic on every device).
 
     Args:
         grad: $G$, of the table's shape (any floating dtype).
         sign: $\xi$ (entries $\pm 1$) of the same shape, or ``None``.
-        order: The flat positions sorted by bucket (:func:`bucket_order`).
-        offsets: The ``K + 1`` segment starts (:func:`bucket_order`).
+        layout: The concatenated rows of every level (:func:`bucket_rows`).
+        levels: ``(rows, width)`` of every level (:func:`bucket_rows`).
 
     Returns:
         The ``(K,)`` bucket sums in ``grad``'s dtype, on its device.
     """
-    g = _signed(grad, sign).index_select(0, order)
-    if g.dtype == torch.float64:
-        lengths = offsets.diff().to(torch.int64)
-        return torch.segment_reduce(g, "sum", lengths=lengths, unsafe=True)
-    prefix = g.new_zeros(g.numel() + 1, dtype=torch.float64)  # prefix[j] = sum of g[:j]
-    torch.cumsum(g, 0, dtype=torch.float64, out=prefix[1:])
-    sums = prefix.index_select(0, offsets[1:]) - prefix.index_select(0, offsets[:-1])
-    return sums.to(g.dtype)
+    flat = grad.reshape(-1)
+    n = flat.numel()
+    acc = torch.float32 if flat.dtype in (torch.float16, torch.bfloat16) else flat.dtype
+    x = flat.new_empty(n + 1, dtype=acc)  # the signed gradient, then a zero
+    x[n] = 0
+    if sign is None:
+        x[:n].copy_(flat)
+    else:
+        torch.mul(flat, _flat_sign(sign, flat.dtype), out=x[:n])
+    total = sum(rows for rows, _ in levels[:-1])
+    sums = x.new_empty(total + 1)  # every level's row sums, then a zero
+    sums[total] = 0
+    start = at = 0
+    for level, (rows, width) in enumerate(levels[:-1]):
+        lay = layout[start : start + rows * width]
+        src = x if level == 0 else sums
+        torch.sum(src.index_select(0, lay).view(rows, width), 1, out=sums[at : at + rows])
+        start, at = start + rows * width, at + rows
+    out = (sums if total else x).index_select(0, layout[start:])
+    return out.to(grad.dtype)
 
 
-def needs_order(device: torch.device) -> bool:
-    """Whether the bucket sum on ``device`` reads the bucket order (not a serial device)."""
+def needs_rows(device: torch.device) -> bool:
+    """Whether the bucket sum on ``device`` reads the bucket rows (not a serial device)."""
     return device.type not in SERIAL_DEVICES
 
 
@@ -97,19 +187,20 @@ def bucket_sum(
     grad: Tensor,
     index: Tensor,
     sign: Tensor | None,
-    order: Tensor | None,
-    offsets: Tensor | None,
+    layout: Tensor | None,
+    levels: Levels | None,
     num_buckets: int,
 ) -> Tensor:
-    r"""$g_k$: :func:`serial_sum` on the CPU, :func:`segment_sum` elsewhere.
+    r"""$g_k$: :func:`serial_sum` on the CPU, :func:`row_sum` elsewhere.
 
-    ``order`` and ``offsets`` (:func:`bucket_order` of ``index``) may be ``None`` on the CPU.
+    ``layout`` and ``levels`` (:func:`bucket_rows` of ``index``) may be ``None``: then they are
+    built here (a sort), off the CPU only.
     """
-    if not needs_order(grad.device):
+    if not needs_rows(grad.device):
         return serial_sum(grad, index, sign, num_buckets)
-    if order is None or offsets is None:
-        order, offsets = bucket_order(index, num_buckets)
-    return segment_sum(grad, sign, order, offsets)
+    if layout is None or levels is None:
+        layout, levels = bucket_rows(index, num_buckets)
+    return row_sum(grad, sign, layout, levels)
 
 
 def expand(values: Tensor, index: Tensor, sign: Tensor | None) -> Tensor:
@@ -128,20 +219,20 @@ class _Gather(torch.autograd.Function):
         values: Tensor,
         index: Tensor,
         sign: Tensor | None,
-        order: Tensor | None,
-        offsets: Tensor | None,
+        layout: Tensor | None,
+        levels: Levels | None,
         num_buckets: int,
     ) -> Tensor:
         return expand(values, index, sign)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        ctx.save_for_backward(*inputs[1:5])
-        ctx.num_buckets = inputs[5]
+        ctx.save_for_backward(*inputs[1:4])
+        ctx.levels, ctx.num_buckets = inputs[4], inputs[5]
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        tables = (*ctx.saved_tensors, ctx.num_buckets)
+        tables = (*ctx.saved_tensors, ctx.levels, ctx.num_buckets)
         return _BucketSum.apply(grad, *tables), None, None, None, None, None
 
 
@@ -153,20 +244,20 @@ class _BucketSum(torch.autograd.Function):
         grad: Tensor,
         index: Tensor,
         sign: Tensor | None,
-        order: Tensor | None,
-        offsets: Tensor | None,
+        layout: Tensor | None,
+        levels: Levels | None,
         num_buckets: int,
     ) -> Tensor:
-        return bucket_sum(grad, index, sign, order, offsets, num_buckets)
+        return bucket_sum(grad, index, sign, layout, levels, num_buckets)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
-        ctx.save_for_backward(*inputs[1:5])
-        ctx.num_buckets = inputs[5]
+        ctx.save_for_backward(*inputs[1:4])
+        ctx.levels, ctx.num_buckets = inputs[4], inputs[5]
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        tables = (*ctx.saved_tensors, ctx.num_buckets)
+        tables = (*ctx.saved_tensors, ctx.levels, ctx.num_buckets)
         return _Gather.apply(grad, *tables), None, None, None, None, None
 
 
@@ -174,13 +265,13 @@ def gather(
     values: Tensor,
     index: Tensor,
     sign: Tensor | None,
-    order: Tensor | None = None,
-    offsets: Tensor | None = None,
+    layout: Tensor | None = None,
+    levels: Levels | None = None,
 ) -> Tensor:
     r"""$\xi \odot w[H]$, differentiable in ``values`` through :func:`bucket_sum`.
 
-    No checks: ``order`` and ``offsets`` must be :func:`bucket_order` of ``index`` (or ``None``:
-    then a backward off the CPU sorts the table first).
+    No checks: ``layout`` and ``levels`` must be :func:`bucket_rows` of ``index`` (or ``None``:
+    then a backward off the CPU builds them first).
     """
-    out: Tensor = _Gather.apply(values, index, sign, order, offsets, values.shape[0])
+    out: Tensor = _Gather.apply(values, index, sign, layout, levels, values.shape[0])
     return out

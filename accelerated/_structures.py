@@ -79,7 +79,7 @@ class Entry:
         if isinstance(s, _HashedWeight):
             out = {"values": s.values, "index": s.index}
             out.update({} if s.sign is None else {"sign": s.sign})
-            return {**out, "bucket_order": s.bucket_order, "bucket_offsets": s.bucket_offsets}
+            return {**out, "bucket_layout": s.bucket_layout}
         plist = parametrizations_of(self.owner, self.attr)
         out = {name: t for name, t in plist.named_parameters(recurse=False)}
         assert s is not None

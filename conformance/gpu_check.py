@@ -25,6 +25,7 @@ SUITES = (
     "test_penalty.py",
     "test_training.py",
     "test_ecosystem.py",
+    "test_hashing_gradient.py",
 )
 
 

@@ -239,3 +239,28 @@ def test_bucket_row_buffers(device: str) -> None:
     assert torch.equal(b.bucket_layout, a.bucket_layout) and b.bucket_levels == a.bucket_levels
     moved = a.to(torch.float64)
     assert moved.bucket_layout.dtype == torch.int32
+
+
+@pytest.mark.req("HASH-16", "HASH-19")
+# torch 2.13's dynamo itself warns when it traces any autograd.Function (not our code)
+@pytest.mark.filterwarnings(
+    "ignore:<class 'torch.autograd.function.Function'> should not be instantiated"
+    ":DeprecationWarning"
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compile_fullgraph_on_both_paths(dtype: torch.dtype, path: str) -> None:
+    torch.manual_seed(7)
+    model = torch.nn.Sequential(
+        nn.HashedLinear(8, 16, 20, dtype=dtype, hash="dirichlet", alpha=0.2),
+        torch.nn.ReLU(),
+        nn.HashedLinear(16, 3, 10, dtype=dtype),
+    )
+    x = torch.randn(4, 8, dtype=dtype)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    compiled(x).sum().backward()
+    got = [p.grad.clone() for p in model.parameters()]  # type: ignore[union-attr]
+    model.zero_grad()
+    model(x).sum().backward()
+    for g, p in zip(got, model.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad, rtol=0, atol=0)

@@ -5,7 +5,7 @@
 
 - ``dense``: ``nn.Linear(1024, 1024)``, the baseline;
 - ``hashed``: the layer as shipped (on a CPU the bucket gradient is the serial ``index_add_``);
-- ``hashed-segment``: the same layer on the bucket-order segment sum (the path CUDA takes);
+- ``hashed-rows``: the same layer on the bucket rows (the path CUDA takes);
 - ``hashed-old``: the gradient path before HASH-19, autograd of ``values[index] * sign`` (its
   backward is ``index_put_`` with accumulation).
 
@@ -24,7 +24,7 @@ from weightshare import _bucket_sum
 from weightshare import nn as wnn
 
 IN, OUT, BUCKETS, BATCH = 1024, 1024, 2**16, 64
-IMPLS = ("dense", "hashed", "hashed-segment", "hashed-old")
+IMPLS = ("dense", "hashed", "hashed-rows", "hashed-old")
 
 
 def make_step(impl: str) -> Callable[[], None]:
@@ -37,9 +37,9 @@ def make_step(impl: str) -> Callable[[], None]:
     layer = wnn.HashedLinear(IN, OUT, BUCKETS)
     if impl == "hashed":
         return lambda: layer(x).sum().backward()
-    if impl == "hashed-segment":
+    if impl == "hashed-rows":
 
-        def segment() -> None:
+        def rows() -> None:
             serial = _bucket_sum.SERIAL_DEVICES
             _bucket_sum.SERIAL_DEVICES = frozenset()
             try:
@@ -47,7 +47,7 @@ def make_step(impl: str) -> Callable[[], None]:
             finally:
                 _bucket_sum.SERIAL_DEVICES = serial
 
-        return segment
+        return rows
     assert impl == "hashed-old"
     assert layer.sign is not None
 

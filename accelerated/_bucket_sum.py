@@ -215,7 +215,7 @@ class _Gather(torch.autograd.Function):
     """values -> xi * values[H]; its backward is :class:`_BucketSum` (twice differentiable)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         values: Tensor,
         index: Tensor,
         sign: Tensor | None,
@@ -231,16 +231,17 @@ class _Gather(torch.autograd.Function):
         ctx.levels, ctx.num_buckets = inputs[4], inputs[5]
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         tables = (*ctx.saved_tensors, ctx.levels, ctx.num_buckets)
-        return _BucketSum.apply(grad, *tables), None, None, None, None, None
+        summed = _BucketSum.apply(grad, *tables)  # type: ignore[no-untyped-call]
+        return summed, None, None, None, None, None
 
 
 class _BucketSum(torch.autograd.Function):
     """G -> the bucket sums of xi * G; its backward is :class:`_Gather`."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         grad: Tensor,
         index: Tensor,
         sign: Tensor | None,
@@ -256,9 +257,10 @@ class _BucketSum(torch.autograd.Function):
         ctx.levels, ctx.num_buckets = inputs[4], inputs[5]
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         tables = (*ctx.saved_tensors, ctx.levels, ctx.num_buckets)
-        return _Gather.apply(grad, *tables), None, None, None, None, None
+        spread = _Gather.apply(grad, *tables)  # type: ignore[no-untyped-call]
+        return spread, None, None, None, None, None
 
 
 def gather(
@@ -273,5 +275,6 @@ def gather(
     No checks: ``layout`` and ``levels`` must be :func:`bucket_rows` of ``index`` (or ``None``:
     then a backward off the CPU builds them first).
     """
-    out: Tensor = _Gather.apply(values, index, sign, layout, levels, values.shape[0])
+    k = values.shape[0]
+    out: Tensor = _Gather.apply(values, index, sign, layout, levels, k)  # type: ignore[no-untyped-call]
     return out

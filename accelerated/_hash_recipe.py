@@ -2,7 +2,9 @@ r"""The tables of a hashed weight, regenerated from their recipe (spec HASH-14, 
 
 A hashed layer or parametrization keeps its index table $H$ (int32, int64 only when
 $K > 2^{31}$) and sign table $\xi$ (int8) as **non-persistent** buffers built once from the
-recipe (hash, seed, shape, $K$, signed, hash arguments). The recipe is the module's extra state,
+recipe (hash, seed, shape, $K$, signed, hash arguments), with the table's bucket rows
+(``_bucket_sum.bucket_rows``: an int32 layout below $2^{31}$ entries, and its levels) that the
+bucket gradient reads off the CPU. The recipe is the module's extra state,
 so ``state_dict()`` holds the $K$ values and a few hundred bytes of recipe, and loading a state
 rebuilds the tables from the saved recipe. A callable hash cannot be rebuilt from its name: its
 table is saved too, bit-packed at $\lceil\log_2 K\rceil$ bits.
@@ -16,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._bucket_sum import Levels, bucket_rows, gather
 from ._hashing import HashFn, make_table
 from ._hashing import sign as _sign_table
 from ._packing import bit_width, index_dtype, pack_bits, unpack_bits
@@ -35,6 +38,8 @@ class HashTables(nn.Module):
 
     index: Tensor
     sign: Tensor | None
+    bucket_layout: Tensor
+    bucket_levels: Levels
 
     def _make_tables(
         self,
@@ -56,6 +61,12 @@ class HashTables(nn.Module):
         self.register_buffer("index", index.to(index_dtype(num_buckets)), persistent=False)
         sign = _sign_table(shape, seed=seed, device=device) if self.signed else None
         self.register_buffer("sign", sign, persistent=False)
+        layout, self.bucket_levels = bucket_rows(self.index, num_buckets)
+        self.register_buffer("bucket_layout", layout, persistent=False)
+
+    def _weight_map(self, values: Tensor) -> Tensor:
+        r"""$\xi \odot w[H]$, differentiable in ``values`` by the bucket sum (HASH-10, HASH-19)."""
+        return gather(values, self.index, self.sign, self.bucket_layout, self.bucket_levels)
 
     def recipe(self) -> dict[str, Any]:
         """The JSON-able recipe of the tables (no tensors)."""
@@ -94,6 +105,7 @@ class HashTables(nn.Module):
     def install(self, recipe: dict[str, Any], index: Tensor, sign: Tensor | None) -> None:
         """Take checked tables (from :meth:`tables_from`) and their recipe; cannot fail."""
         self.index, self.sign = index, sign
+        self.bucket_layout, self.bucket_levels = bucket_rows(index, self.num_buckets)
         self.seed, self.signed = recipe["seed"], recipe["signed"]
         self.hash, self.hash_kwargs = recipe["hash"], dict(recipe["hash_kwargs"])
         self.hash_is_callable = bool(recipe["callable"])

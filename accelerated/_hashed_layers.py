@@ -2,8 +2,8 @@ r"""Hashed layers and the ``hashed`` parametrization (spec page ``hashing``, HAS
 
 Each stores only the $K$ bucket values as a parameter; the index table (and the sign table) are
 non-persistent buffers rebuilt from the recipe (``_hash_recipe``), and the dense weight
-$W = \xi \odot w[H]$ is rebuilt by a gather in every forward, so autograd's backward is the
-scatter-add of the spec.
+$W = \xi \odot w[H]$ is rebuilt by a gather in every forward; its backward is the deterministic
+bucket sum of ``_bucket_sum`` (HASH-10, HASH-19).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ._hash_recipe import HashTables
-from ._hashing import HashFn, _gather
+from ._hashing import HashFn
 from ._hashing import entropy as _entropy
 from .reference._args import check_int
 
@@ -45,7 +45,7 @@ class _HashedWeight(HashTables):
     @property
     def weight(self) -> torch.Tensor:
         r"""The materialized dense weight $\xi \odot w[H]$ (differentiable in ``values``)."""
-        return _gather(self.values, self.index, self.sign)
+        return self._weight_map(self.values)
 
     def entropy(self, *, normalized: bool = False) -> torch.Tensor:
         """The balance of the index table (spec HASH-9), a 0-d float64 tensor.
@@ -278,7 +278,7 @@ class Hashed(HashTables):
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         """The dense weight from the bucket values."""
-        return _gather(values, self.index, self.sign)
+        return self._weight_map(values)
 
     def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
         r"""The least-squares values: $w_k$ = mean of $\xi_i W_i$ over bucket $k$ (0 if empty)."""

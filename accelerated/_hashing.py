@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from . import _checks as checks
+from ._bucket_sum import bucket_sum, gather
 from .reference._args import (
     check_alpha,
     check_buckets,
@@ -305,12 +306,6 @@ def entropy(index: torch.Tensor, num_buckets: int, *, normalized: bool = False) 
     return torch.ones_like(ent) if k == 1 else ent / math.log(k)
 
 
-def _gather(values: torch.Tensor, index: torch.Tensor, sign: torch.Tensor | None) -> torch.Tensor:
-    """$\\xi \\odot w[H]$ without checks (autograd's backward is the scatter-add)."""
-    out = values[index]
-    return out if sign is None else out * sign.to(out.dtype)
-
-
 def materialize(
     values: torch.Tensor, index: torch.Tensor, sign: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -328,7 +323,7 @@ def materialize(
     if w.ndim != 1:
         raise ValueError(f"values must be a vector of shape (K,), got shape {tuple(w.shape)}")
     h = _index(index, w.shape[0])
-    return _gather(w, h, _sign(sign, h))
+    return gather(w, h, _sign(sign, h))
 
 
 def materialize_grad(
@@ -355,10 +350,7 @@ def materialize_grad(
         raise ValueError(
             f"grad_weight has shape {tuple(g.shape)}, the index has shape {tuple(h.shape)}"
         )
-    xi = _sign(sign, h)
-    contrib = g if xi is None else g * xi.to(g.dtype)
-    out = torch.zeros(k, dtype=g.dtype, device=g.device)
-    return out.index_add_(0, h.reshape(-1), contrib.reshape(-1))
+    return bucket_sum(g, h, _sign(sign, h), None, None, k)
 
 
 # ---------------------------------------------------------------------------------------------

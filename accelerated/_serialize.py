@@ -28,7 +28,6 @@ from ._memory_format import in_format
 from ._packing import bit_width, index_dtype, unpack_bits
 from ._sparse import Sparse, from_layout
 from ._structures import (
-    KINDS,
     Entry,
     Step,
     copy_into,

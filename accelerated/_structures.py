@@ -89,7 +89,8 @@ class Entry:
             return {"": getattr(self.owner, self.attr)}
         if isinstance(s, _HashedWeight):
             out = {"values": s.values, "index": s.index}
-            return out if s.sign is None else {**out, "sign": s.sign}
+            out.update({} if s.sign is None else {"sign": s.sign})
+            return {**out, "bucket_layout": s.bucket_layout}
         plist = parametrizations_of(self.owner, self.attr)
         out = {name: t for name, t in plist.named_parameters(recurse=False)}
         assert s is not None

@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "_transaction",
         "_dropped",
     ),
-    ("_attach", "_tie", "_hashing", "_hash_recipe", "_hashed_layers", "_symmetry"),
+    ("_attach", "_tie", "_bucket_sum", "_hashing", "_hash_recipe", "_hashed_layers", "_symmetry"),
     ("_factorization",),
     # whole models: compress, save, load (_file_checks: a file's header, untrusted)
     ("_structures", "_file_checks", "_compress", "_serialize", "_storage"),

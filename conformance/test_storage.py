@@ -707,7 +707,10 @@ def test_storage_table_and_command(tmp_path: Path) -> None:
     assert tied.file_bytes == 3 * 4 + 16 and tied.ratio == 256 / 28
     assert tied.memory_bytes == 3 * 4 + 64 * 4  # values + int32 labels
     hashed = rows["0.weight"]
-    assert hashed.memory_bytes == 13 * 4 + 80 * 4 + 80  # values + int32 index + int8 sign
+    # values + int32 index + int8 sign + the int32 bucket rows (HASH-19)
+    rows = m[0].bucket_layout
+    assert rows.dtype == torch.int32 and rows.numel() >= 80 + 13
+    assert hashed.memory_bytes == 13 * 4 + 80 * 4 + 80 + 4 * rows.numel()
     assert table.dense_bytes == sum(4 * r.numel for r in table.tensors)
     assert "| `1.weight` | tied | 64 | 256 |" in str(table)
     out = subprocess.run(

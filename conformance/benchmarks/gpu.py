@@ -3,9 +3,10 @@
 ``python -m conformance.benchmarks.gpu --out DIR`` (part of ``make gpu-check``) times, on one CUDA
 device and in one run: single vectors of d = 2^16..2^26, a 4096 x 4096 batch of rows and a
 ``prox_many`` over every conv/linear weight of a ResNet-50, float32 and float64, random and chain
-inputs. Times are medians of CUDA-event intervals after a warm-up; every ratio divides by a
-baseline measured in the same run. It writes ``gpu_bench.json`` (rewritten after every record, so
-a kill keeps what was measured) and ``gpu_bench.md`` to DIR.
+inputs, and ``HashedLinear(4096, 4096, 2**20)`` forward + backward against ``nn.Linear`` (HASH-19).
+Times are medians of CUDA-event intervals after a warm-up; every ratio divides by a baseline
+measured in the same run. It writes ``gpu_bench.json`` (rewritten after every record, so a kill
+keeps what was measured) and ``gpu_bench.md`` to DIR.
 
 ``--dry-run`` runs the same code on the CPU at tiny sizes (Triton in its interpreter, wall-clock
 timing): the GPU check's dry run, which proves the harness, not the speed.
@@ -112,12 +113,14 @@ class Sizes:
     resnet_weights: int = 54
     memory: int | None = 2**26
     dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
+    #: ``HashedLinear(n, n, K)``: (n, K)
+    hashed: tuple[int, int] = (4096, 2**20)
 
 
-QUICK = Sizes(vectors=SIZES[:3], memory=2**20)
+QUICK = Sizes(vectors=SIZES[:3], memory=2**20, hashed=(1024, 2**16))
 #: Triton's interpreter takes about a second per prox whatever the size: a handful of cases
 DRY_RUN = Sizes(vectors=(2**6,), batch=(2, 64), resnet_divisor=64, resnet_weights=6,
-                memory=None, dtypes=(torch.float32,))  # fmt: skip
+                memory=None, dtypes=(torch.float32,), hashed=(64, 2**10))  # fmt: skip
 
 
 def run(sizes: Sizes, record_to: Callable[[dict], None]) -> None:
@@ -138,6 +141,34 @@ def run(sizes: Sizes, record_to: Callable[[dict], None]) -> None:
             _resnet50(record, dtype, shapes)
         if sizes.memory is not None:
             record_to(_memory(sizes.memory))
+    record_to(_hashed_linear(*sizes.hashed))
+
+
+def _hashed_linear(n: int, k: int) -> dict:
+    """``HashedLinear(n, n, K)`` forward + backward (batch 256, float32) against ``nn.Linear``,
+    and against the gradient path before HASH-19 (autograd of ``values[index] * sign``)."""
+    from weightshare import nn as wnn
+
+    torch.manual_seed(0)
+    x = torch.randn(256, n, device=DEVICE, requires_grad=True)
+    dense = torch.nn.Linear(n, n, device=DEVICE)
+    layer = wnn.HashedLinear(n, n, k, device=DEVICE)
+    sign = layer.sign.to(torch.float32)  # type: ignore[union-attr]
+
+    def old() -> None:
+        weight = layer.values[layer.index] * sign
+        torch.nn.functional.linear(x, weight, layer.bias).sum().backward()
+
+    ms = {
+        "dense": cuda_ms(lambda: dense(x).sum().backward()),
+        "hashed": cuda_ms(lambda: layer(x).sum().backward()),
+        "hashed-old": cuda_ms(old),
+    }
+    print(f"hashed linear {n}x{n} K=2^{int(math.log2(k))}: {ms}", flush=True)
+    return {"case": f"HashedLinear({n}, {n}, 2^{int(math.log2(k))}) fwd+bwd, batch 256",
+            "dtype": "torch.float32", "hashed_ms": ms,
+            "hashed_over_dense": ms["hashed"] / ms["dense"],
+            "old_over_dense": ms["hashed-old"] / ms["dense"]}  # fmt: skip
 
 
 def _memory(d: int) -> dict:

@@ -63,7 +63,22 @@ def render(records: list[dict]) -> str:
         if "peak_extra_over_input" in r:
             lines.append(f"\nPeak extra memory, {r['case']} float32: "
                          f"{r['peak_extra_over_input']:.2f}x the input's bytes.")  # fmt: skip
+    lines.extend(_hashed_lines(records))
     return "\n".join(lines) + "\n"
+
+
+def _hashed_lines(records: list[dict]) -> list[str]:
+    """The hashed-layer rows (goal: hashed / dense <= 2)."""
+    out = []
+    for r in records:
+        if "hashed_ms" in r:
+            ms = r["hashed_ms"]
+            out.append(
+                f"\n{r['case']}: dense {ms['dense']:.3f} ms, hashed {ms['hashed']:.3f} ms "
+                f"({r['hashed_over_dense']:.2f}x dense; goal <= 2), before HASH-19 "
+                f"{ms['hashed-old']:.3f} ms ({r['old_over_dense']:.2f}x dense)."
+            )
+    return out
 
 
 def render_prox(meta: dict[str, Any], records: list[dict]) -> str:

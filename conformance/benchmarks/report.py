@@ -35,6 +35,8 @@ def load(path: Path) -> tuple[dict[Key, dict[str, float]], list[dict], dict]:
         if "memory" in extra:
             memory.append(extra["memory"])
             continue
+        if extra.get("suite") == "hashed":  # test_bench_hashed.py: see hashed_table
+            continue
         key = (extra["dtype"], extra["kind"], extra["rows"], extra["d"])
         times[key][extra["impl"]] = bench["stats"]["median"]
     return times, memory, info
@@ -110,6 +112,26 @@ def goals(times: dict[Key, dict[str, float]], memory: list[dict]) -> str:
     return "\n".join(out) + "\n"
 
 
+def hashed_table(path: Path) -> str:
+    """``test_bench_hashed.py``'s cases: ms and the ratios to ``dense`` and to ``hashed-old``."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    ms = {b["extra_info"]["impl"]: b["stats"]["median"] * 1e3 for b in data["benchmarks"]
+          if b.get("extra_info", {}).get("suite") == "hashed"}  # fmt: skip
+    if not ms:
+        return ""
+    lines = [
+        "### Hashed layer, forward + backward (ms)\n",
+        "| layer | ms | / dense | / hashed-old |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for impl, t in ms.items():
+        dense, old = ms.get("dense"), ms.get("hashed-old")
+        r_dense = f"{t / dense:.2f}" if dense else "—"
+        r_old = f"{t / old:.2f}" if old else "—"
+        lines.append(f"| {impl} | {t:.3g} | {r_dense} | {r_old} |")
+    return "\n".join(lines) + "\n"
+
+
 def render(path: Path) -> str:
     times, memory, info = load(path)
     mach = info["machine"]
@@ -129,6 +151,8 @@ def render(path: Path) -> str:
             if any(k[0] == dtype and k[1] == kind for k in times):
                 parts.append(f"### {dtype}, {kind} input (ms)\n")
                 parts.append(time_table(times, dtype, kind))
+    if hashed := hashed_table(path):
+        parts.append(hashed)
     return "\n".join(parts)
 
 

@@ -26,6 +26,7 @@ SUITES = (
     "test_penalty.py",
     "test_training.py",
     "test_ecosystem.py",
+    "test_hashing_gradient.py",
 )
 #: the CUDA cases: test ids with ``cuda`` (the device fixture), graph capture and Triton tests
 SELECT = "cuda or graph or triton"

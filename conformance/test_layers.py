@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1] / "accelerated"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("reference",),  # weightshare.reference (NumPy only; its _args holds the error words)
     ("_checks",),
-    ("_rows",),
+    ("_rows", "_segments"),
     ("_isotonic",),  # the backends, one module per method
     ("_methods",),
     ("_prox", "_penalty", "_deferred"),

@@ -28,8 +28,15 @@ BATCH = (4096, 4096)
 LAM = 1.0
 
 
-def resnet50_weight_shapes() -> list[tuple[int, ...]]:
-    """Shapes of every conv and linear weight of torchvision's ResNet-50 (no torchvision needed)."""
+def resnet50_weight_shapes(scale: int = 1) -> list[tuple[int, ...]]:
+    """Shapes of every conv and linear weight of torchvision's ResNet-50 (no torchvision needed);
+    ``scale > 1`` divides every channel count (not the 3 input channels) and the classes by it,
+    for CPU-sized ragged lists of the same spread of lengths."""
+    if scale > 1:
+        return [
+            (s[0] // scale, s[1] if s[1] == 3 else s[1] // scale, *s[2:])
+            for s in resnet50_weight_shapes()
+        ]
     shapes: list[tuple[int, ...]] = [(64, 3, 7, 7)]
     inplanes = 64
     for planes, blocks in ((64, 3), (128, 4), (256, 6), (512, 3)):

@@ -304,7 +304,7 @@ def test_remove_stops_the_prox() -> None:
 
 
 @pytest.mark.req("TRAIN-8")
-def test_one_fused_call_per_dim(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_fused_call_per_method(monkeypatch: pytest.MonkeyPatch) -> None:
     # each fused pass is one call of the host backend's packed prox: (row sets, rows per set)
     calls: list[tuple[int, tuple[int, ...]]] = []
     real = host.BACKEND.prox_packed
@@ -325,8 +325,13 @@ def test_one_fused_call_per_dim(monkeypatch: pytest.MonkeyPatch) -> None:
     calls.clear()
     opt.param_groups[1]["wsr_dim"] = 1
     train_step(model, opt, x, y)
-    # one pass per dim: model[0]'s weight and bias whole, model[2].weight's 3 rows along dim 1
-    assert sorted(calls) == [(1, (3,)), (2, (1, 1))]
+    # still one pass, whatever the dims: model[0]'s weight and bias whole, model[2].weight's 3
+    # rows along dim 1
+    assert calls == [(3, (1, 1, 3))]
+    calls.clear()
+    opt.param_groups[1]["wsr_method"] = "hull"  # a second method: a second pass (not the host's)
+    train_step(model, opt, x, y)
+    assert calls == [(2, (1, 1))]
 
 
 @pytest.mark.req("TRAIN-9")

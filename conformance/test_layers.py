@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("_distributed_layout", "_distributed_sort", "_distributed"),
     ("_api",),
     ("_packing", "_sparse", "_parametrized"),
-    ("_attach", "_tie", "_hashing", "_hash_recipe", "_hashed_layers", "_symmetry"),
+    ("_attach", "_step_graph", "_tie", "_hashing", "_hash_recipe", "_hashed_layers", "_symmetry"),
     ("_factorization",),
     ("_structures", "_compress", "_serialize", "_storage"),  # whole models: compress, save, load
     ("__init__", "__main__", "factorization", "hashing", "nn", "symmetry", "storage"),

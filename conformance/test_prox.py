@@ -687,10 +687,10 @@ def test_prox_many_is_one_pass_per_dtype(method: str, monkeypatch: pytest.Monkey
     g = torch.Generator().manual_seed(1)
     tensors = [
         torch.randn(*shape, generator=g, dtype=torch.float64)
-        for shape in [(4, 9), (17,), (2, 3), (1,), (40,)]
+        for shape in [(4, 9), (17,), (2, 3), (1,), (40,), (3,)]
     ]
     tensors.append(torch.randn(5, generator=g))  # a second dtype: a second pass
-    lams = [0.4, 3.0, 0.0, 1.0, 0.2, 0.2]
+    lams = [0.4, 3.0, 0.0, 1.0, 0.2, 0.5, 0.2]
     found = _isotonic.backend(method)
     real, shapes = found.isotonic, []
 
@@ -702,13 +702,14 @@ def test_prox_many_is_one_pass_per_dtype(method: str, monkeypatch: pytest.Monkey
     with _OpNames() as mode:
         got = weightshare.prox_many(tensors, lams, method=method)
     names = mode.names
-    # float64: one flat sort and its stable partition (two sorts) for the lengths 36, 17, 40
+    # float64: one flat sort and its stable partition (two sorts) for the lengths 36, 17, 40, 3
     # (length 1 and strength 0 are copies); float32: one sort, or one fused op ("triton")
     passes = [n for n in names if n in ("aten.sort", "weightshare.prox_rows_triton")]
     assert len(passes) == 3, names
-    # the kernel once per length class (no padding to the longest): 36 and 40 share one; float32
-    # one more time (inside the fused op for "triton")
-    assert sorted(shapes) == [(1, 5)] * (method != "triton") + [(1, 17), (2, 40)]
+    # the kernel once per group of length classes, never padded to the longest: 36 and 40 share a
+    # class, 17 joins them (3 x 40 padded values for 93 real ones: within 1.5x), 3 does not
+    # (4 x 40 for 96); float32 once more (inside the fused op for "triton")
+    assert sorted(shapes) == [(1, 3)] + [(1, 5)] * (method != "triton") + [(3, 40)]
     for t, lam, out in zip(tensors, lams, got, strict=True):
         tol = 1e-9 * (t.abs().max().item() + lam) + 2e-7 * (t.dtype == torch.float32)
         torch.testing.assert_close(out, weightshare.prox(t, lam, method="pava"), rtol=0, atol=tol)

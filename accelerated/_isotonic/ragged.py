@@ -3,14 +3,14 @@ r"""The prox of a ragged batch (row sets of different lengths) without padding t
 All rows are laid end to end as segments of one flat tensor (``weightshare._segments``): one
 flat sort and a stable partition put every row's values in order within its own span, and the
 ramp, the strength and its collapse clamp (PROX-21) are computed per value from its segment.
-The row-wise isotonic kernels take ``(B, n)`` tensors, so the rows go to the kernel in *length
-classes*: rows with equal ``⌈log₂ d⌉`` are gathered into one ``(rows, D)`` tensor, ``D`` the
-longest of the class, each row padded with its own largest ``z`` (which leaves the isotonic
-solution of its real part unchanged: the hull-algorithm padding argument, ALG-7). Every row is
-padded by less than 2× (and "search"/"hull" pad a row to the same power of two inside the kernel
-anyway), so the kernel sees fewer than ``2·N`` values for ``N`` real ones. Rows of length 1 are
-their own prox and skip the kernel. A gather puts every class's result back in segment order, and
-one scatter through the sort permutation unsorts everything at once.
+The row-wise isotonic kernels take ``(B, n)`` tensors, so the rows go to the kernel in groups of
+*length classes* (rows with equal ``⌈log₂ d⌉``; a class joins the group of longer rows above it
+while the group stays within ``MERGE_BUDGET`` times its real values): a group is gathered into
+one ``(rows, D)`` tensor, ``D`` its longest length, each row padded with its own largest ``z``
+(which leaves the isotonic solution of its real part unchanged: the hull-algorithm padding
+argument, ALG-7). The kernel sees fewer than ``2·N`` values for ``N`` real ones. Rows of length
+1 are their own prox and skip the kernel. A gather puts every group's result back in segment
+order, and one scatter through the sort permutation unsorts everything at once.
 """
 
 from __future__ import annotations
@@ -24,6 +24,10 @@ from .. import _segments as segments
 from .common import ceil_log2
 
 Strength = float | torch.Tensor
+
+#: a length class joins the group of longer rows above it while the group's padded size stays
+#: within this many times its real values (set to 1 to keep every class on its own)
+MERGE_BUDGET = 1.5
 
 
 class Plan:
@@ -42,17 +46,30 @@ class Plan:
         for s, d in enumerate(lengths):
             if d > 1:
                 members.setdefault(ceil_log2(d), []).append(s)
+        # from the longest class down, a class joins the group above it while the group's padded
+        # size stays within MERGE_BUDGET times its real values (fewer kernel calls, bounded work)
+        groups: list[list[int]] = []
+        width = real = 0
+        for key in sorted(members, reverse=True):
+            rows = members[key]
+            size = sum(lengths[s] for s in rows)
+            if groups and (len(groups[-1]) + len(rows)) * width <= MERGE_BUDGET * (real + size):
+                groups[-1] += rows
+                real += size
+            else:
+                groups.append(list(rows))
+                width, real = max(lengths[s] for s in rows), size
         source = seg.offsets.clone()
         self.classes: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         base = seg.total
-        for key in sorted(members):
-            chosen = torch.tensor(members[key], dtype=torch.int64)
-            width = max(lengths[s] for s in members[key])
+        for group in groups:
+            chosen = torch.tensor(group, dtype=torch.int64)
+            width = max(lengths[s] for s in group)
             index = chosen.to(device)
-            starts = base + width * torch.arange(len(members[key]), device=device)
+            starts = base + width * torch.arange(len(group), device=device)
             source.index_copy_(0, index, starts)
             self.classes.append((width, index, seg.offsets[index], seg.lengths[index]))
-            base += width * len(members[key])
+            base += width * len(group)
         self.source = source
         #: values the kernel is given (the padded classes)
         self.kernel_values = base - seg.total

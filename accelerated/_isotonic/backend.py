@@ -11,8 +11,9 @@ A backend answers three calls, the only ones the prox pipeline makes:
 * ``Backend.isotonic``: the ``(B, n) -> (B, n)`` isotonic regression itself.
 
 This base class is the torch-op pipeline around any ``isotonic`` function ("rounds", "search",
-"hull"): ``torch.sort``, the ramp in float64, the kernel, a scatter. Backends with their own
-pipeline ("pava" on the host, "triton") override what they fuse.
+"hull"): ``torch.sort``, the ramp in float64, the kernel, a scatter; row sets of different
+lengths take the ragged pass of ``ragged.prox_ragged`` (no padding to the longest). Backends
+with their own pipeline ("pava" on the host, "triton") override what they fuse.
 """
 
 from __future__ import annotations

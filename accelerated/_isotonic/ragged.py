@@ -31,12 +31,13 @@ MERGE_BUDGET = 1.5
 
 
 class Plan:
-    """The length classes of a layout of segments (cached per layout and device).
+    """The kernel calls of a layout of segments: groups of length classes (cached per layout).
 
     Attributes:
-        classes: per class, ``(width D, segment indices (S_b,) int64, their offsets, lengths)``.
+        classes: per kernel call, ``(width D, segment indices (S_b,) int64, their offsets,
+            their lengths)``.
         source: ``(S,)`` int64: where segment ``s``'s first result lies in the concatenation of
-            ``z`` (length-1 segments: their own position) and every class's flat result.
+            ``z`` (length-1 segments: their own position) and every call's flat result.
     """
 
     def __init__(self, seg: segments.Segments) -> None:

@@ -66,7 +66,7 @@ class Plan:
         for group in groups:
             chosen = torch.tensor(group, dtype=torch.int64)
             width = max(lengths[s] for s in group)
-            index = chosen.to(device)
+            index = segments.to_device(chosen, device)
             starts = base + width * torch.arange(len(group), device=device)
             source.index_copy_(0, index, starts)
             self.classes.append((width, index, seg.offsets[index], seg.lengths[index]))

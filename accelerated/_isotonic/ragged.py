@@ -42,35 +42,38 @@ class Plan:
 
     def __init__(self, seg: segments.Segments) -> None:
         device = seg.device
-        lengths = [d for c, d in seg.runs for _ in range(c)]
-        members: dict[int, list[int]] = {}
-        for s, d in enumerate(lengths):
-            if d > 1:
-                members.setdefault(ceil_log2(d), []).append(s)
+        # runs (count segments of one length, from segment `first`) by length class, as host
+        # ranges: the work here is per run, not per segment
+        members: dict[int, list[tuple[int, int, int]]] = {}
+        first = 0
+        for count, d in seg.runs:
+            if d > 1 and count:
+                members.setdefault(ceil_log2(d), []).append((first, count, d))
+            first += count
         # from the longest class down, a class joins the group above it while the group's padded
         # size stays within MERGE_BUDGET times its real values (fewer kernel calls, bounded work)
-        groups: list[list[int]] = []
-        width = real = 0
+        groups: list[list[tuple[int, int, int]]] = []
+        rows = width = real = 0
         for key in sorted(members, reverse=True):
-            rows = members[key]
-            size = sum(lengths[s] for s in rows)
-            if groups and (len(groups[-1]) + len(rows)) * width <= MERGE_BUDGET * (real + size):
-                groups[-1] += rows
-                real += size
+            runs = members[key]
+            more, size = sum(c for _, c, _ in runs), sum(c * d for _, c, d in runs)
+            if groups and (rows + more) * width <= MERGE_BUDGET * (real + size):
+                groups[-1] += runs
+                rows, real = rows + more, real + size
             else:
-                groups.append(list(rows))
-                width, real = max(lengths[s] for s in rows), size
+                groups.append(list(runs))
+                rows, width, real = more, max(d for _, _, d in runs), size
         source = seg.offsets.clone()
         self.classes: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
         base = seg.total
         for group in groups:
-            chosen = torch.tensor(group, dtype=torch.int64)
-            width = max(lengths[s] for s in group)
+            chosen = torch.cat([torch.arange(a, a + c) for a, c, _ in group])
+            width = max(d for _, _, d in group)
             index = segments.to_device(chosen, device)
-            starts = base + width * torch.arange(len(group), device=device)
+            starts = base + width * torch.arange(chosen.numel(), device=device)
             source.index_copy_(0, index, starts)
             self.classes.append((width, index, seg.offsets[index], seg.lengths[index]))
-            base += width * len(group)
+            base += width * chosen.numel()
         self.source = source
         #: values the kernel is given (the padded classes)
         self.kernel_values = base - seg.total

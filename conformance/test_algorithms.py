@@ -279,6 +279,8 @@ def test_benchmark_bodies_run() -> None:
     for case in bench.smoke_cases():
         out = case.run()
         assert out is not None, case.name
+    for ragged in bench.ragged_cases(scale=64):  # 54 tensors of 9..576 values
+        assert ragged.run() is not None, ragged.name
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1] / "accelerated"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("reference",),  # weightshare.reference (NumPy only; its _args holds the error words)
     ("_checks",),
-    ("_rows",),
+    ("_rows", "_segments"),
     ("_isotonic",),  # the backends, one module per method
     ("_methods",),
     ("_prox", "_penalty", "_deferred"),
@@ -34,7 +34,16 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "_transaction",
         "_dropped",
     ),
-    ("_attach", "_tie", "_bucket_sum", "_hashing", "_hash_recipe", "_hashed_layers", "_symmetry"),
+    (
+        "_attach",
+        "_step_graph",
+        "_tie",
+        "_bucket_sum",
+        "_hashing",
+        "_hash_recipe",
+        "_hashed_layers",
+        "_symmetry",
+    ),
     ("_factorization",),
     # whole models: compress, save, load (_file_checks: a file's header, untrusted)
     ("_structures", "_file_checks", "_compress", "_serialize", "_storage"),

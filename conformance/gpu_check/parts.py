@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: a CUDA case)
 SUITES = (
     "test_prox.py",
+    "test_segments.py",
     "test_algorithms.py",
     "test_penalty.py",
     "test_training.py",

@@ -189,8 +189,8 @@ def plan(
     tensor; several stored tensors only if they are identical.
     """
     groups = entries(module)
-    sources = _match(groups, metas, shared or {})
-    _refuse_meta(groups)
+    sources = _match(groups, metas, shared or {}, where)
+    _refuse_meta(groups, where)
     grouped, _ = checks.group(metas, tensors)
     steps = []
     for e, src in zip(groups, sources, strict=True):
@@ -199,9 +199,9 @@ def plan(
         for other in src[1:]:
             if not _same_tensor(meta, parts, metas[other], grouped[other]):
                 raise ValueError(
-                    f"ws.load: {_few(e.names)} are one shared tensor in the model but the file "
-                    f"holds different tensors {name!r} and {other!r}: load it into a model that "
-                    "does not share them"
+                    f"ws.load: {where}: {checks.shown(e.names)} are one shared tensor in the "
+                    f"model but the file holds different tensors {checks.short(name)} and "
+                    f"{checks.short(other)}: load it into a model that does not share them"
                 )
         shape = tuple(meta["shape"])
         if shape != e.shape:
@@ -226,46 +226,46 @@ def plan(
     return steps
 
 
-def _match(groups: list[Entry], metas: dict[str, Any], shared: Any) -> list[list[str]]:
+def _match(groups: list[Entry], metas: dict[str, Any], shared: Any, where: str) -> list[list[str]]:
     """For each logical tensor of the model, the described tensors of the file it takes (its
     names, each resolved through the file's ``"shared"`` map); every file tensor is taken."""
-    shared = _shared_map(shared, metas)
+    shared = _shared_map(shared, metas, where)
     names = [n for e in groups for n in e.names]
     missing = sorted(n for n in names if shared.get(n, n) not in metas)
     if missing:
-        raise ValueError(f"ws.load: the file has no tensor for {_few(missing)} of the model")
+        raise ValueError(
+            f"ws.load: {where}: the file has no tensor for {checks.shown(missing)} of the model"
+        )
     sources = [list(dict.fromkeys(shared.get(n, n) for n in e.names)) for e in groups]
     extra = sorted((set(metas) | set(shared)) - set(names) - {s for src in sources for s in src})
     if extra:
-        raise ValueError(f"ws.load: the file's tensors {_few(extra)} are not in the model")
+        raise ValueError(
+            f"ws.load: {where}: the file's tensors {checks.shown(extra)} are not in the model"
+        )
     return sources
 
 
-def _refuse_meta(groups: list[Entry]) -> None:
+def _refuse_meta(groups: list[Entry], where: str) -> None:
     on_meta = [e.name for e in groups if any(t.is_meta for t in e.parts().values())]
     if on_meta:
         raise ValueError(
-            f"ws.load: the model's tensors {_few(on_meta)} are on the meta device and hold no "
+            f"ws.load: {where}: the model's tensors {checks.shown(on_meta)} are on the meta "
+            "device and hold no "
             "memory to load into; materialize the model first (model.to_empty(device=...))"
         )
 
 
-def _few(names: list[str], at_most: int = 8) -> str:
-    """``names`` as a short list: the first few, then how many more."""
-    shown = repr(list(names[:at_most]))
-    return shown if len(names) <= at_most else f"{shown} and {len(names) - at_most} more"
-
-
-def _shared_map(shared: Any, metas: dict[str, Any]) -> dict[str, str]:
+def _shared_map(shared: Any, metas: dict[str, Any], where: str) -> dict[str, str]:
     """The file's map of shared names, checked: each further name to a described tensor."""
     if not isinstance(shared, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in shared.items()
     ):
-        raise ValueError(f"ws.load: the file's {SHARED_KEY!r} map is not names to names")
+        raise ValueError(f"ws.load: {where}: the file's {SHARED_KEY!r} map is not names to names")
     bad = [k for k, v in shared.items() if k in metas or v not in metas]
     if bad:
         raise ValueError(
-            f"ws.load: the file's {SHARED_KEY!r} map names {_few(bad)}, which are described "
+            f"ws.load: {where}: the file's {SHARED_KEY!r} map names {checks.shown(bad)}, which "
+            "are described "
             "tensors or point to no described tensor"
         )
     return shared

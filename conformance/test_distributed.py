@@ -72,9 +72,12 @@ def test_cited_commands_exist() -> None:
     for path in (ROOT / "spec" / "training.md", ROOT / "spec" / "conformance.md"):
         for module in re.findall(r"python3? -m (conformance[\w.]*)", path.read_text()):
             cited[module] = path.name
-    gpu_check = (ROOT / "conformance" / "gpu_check.py").read_text()
-    for module in re.findall(r'"-m", "(conformance[\w.]*)"', gpu_check):
-        cited[module] = "gpu_check.py"
+    for source in sorted((ROOT / "conformance" / "gpu_check").glob("*.py")):
+        text = source.read_text()
+        for module in re.findall(r'"-m", "(conformance[\w.]*)"', text):
+            cited[module] = f"gpu_check/{source.name}"
+        for module in re.findall(r'"(conformance\.benchmarks\.\w+)"', text):
+            cited[module] = f"gpu_check/{source.name}"
     assert {"conformance.distributed", "conformance.benchmarks.distributed"} <= set(cited), cited
     for module, where in cited.items():
         spec = importlib.util.find_spec(module)

@@ -31,9 +31,10 @@ symmetrically for the next vertex), which is how both the splice in a tile and t
 tiles move from one level to the next. Bridges are the simultaneous binary searches of
 Overmars and van Leeuwen, one lane per child pair.
 
-Work and memory per element: $O(G + K^2\log^2 T/(G))$ in the tile kernel (the group tests and the
-bridge searches), $O(L)$ in the slopes; 8 bytes of prefix sums and 8 of links per point, $16/G$
-of in-tile scratch, and 16 per child of a level above the tiles.
+Work and memory per element: $O(G + K\log_2 T/G)$ in the tile kernel (the group tests and the
+amortised bridge probes), $O(L)$ in the slopes; 8 bytes of prefix sums and 8 of links per point,
+$16/G$ of in-tile scratch, and 16 per child of a level above the tiles (float32 peak: 7× the
+input, at every d).
 
 The kernels run on CUDA tensors, or on CPU tensors in Triton's interpreter when
 ``TRITON_INTERPRET=1`` was set before this module was imported. Each public function is a torch
@@ -481,21 +482,18 @@ def check_device(t: torch.Tensor) -> None:
 _OUT_KIND = {torch.float16: 1, torch.bfloat16: 2}
 
 
-def _pipeline(
-    x: torch.Tensor,
-    lam: torch.Tensor,
-    shift: torch.Tensor,
-    out: torch.Tensor | None,
-    perm: torch.Tensor | None,
-    with_z: bool,
-    ramp: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tiles, merges and slopes of the ``(B, n)`` rows ``x`` (sorted rows when ``ramp``).
+class _Tiles(NamedTuple):
+    """What the tile kernel leaves for the merges: local prefix sums, tile offsets, links."""
 
-    Writes the result into ``out`` (a new tensor like ``x`` if None), scattered through ``perm``
-    if given. Returns ``(out, zs)``: ``zs`` is the float64 result in point order if ``with_z``
-    (the clusters the backward pass needs), else an empty tensor.
-    """
+    loc: torch.Tensor
+    csum: torch.Tensor
+    last: torch.Tensor
+    nxt: torch.Tensor
+
+
+def _tiles(x: torch.Tensor, lam: torch.Tensor, shift: torch.Tensor, ramp: bool) -> _Tiles:
+    """The tile kernel and the scan of the tile sums over the ``(B, n)`` rows ``x`` (sorted rows
+    with the ramp when ``ramp``)."""
     t = TUNING
     rows, n = x.shape
     width = n + 1
@@ -507,46 +505,69 @@ def _pipeline(
     last = torch.empty((rows, width), dtype=itype, device=dev)
     nxt = torch.empty_like(last)
     scratch = torch.empty((rows * tiles * (t.tile // t.group), 4), dtype=itype, device=dev)
-    kp = 1 << ceil_log2(t.width)
     _launch(
         _tile_kernel, rows * tiles,
         x, lam, shift, loc, sums, last, nxt, scratch, n, width, tiles, int(lam.numel() > 1),
         ceil_log2(width),
         RAMP=ramp, SORTED=ramp, T=t.tile, G=t.group, CH=min(t.tile, max(t.group, _PAIRS // t.group)),
-        K=t.width, KP=kp, LOG_G=ceil_log2(t.group), LOG_K=ceil_log2(t.width),
+        K=t.width, KP=1 << ceil_log2(t.width), LOG_G=ceil_log2(t.group), LOG_K=ceil_log2(t.width),
         TLEV=tile_levels(t), num_warps=8 if t.tile >= 1024 else 4,
     )  # fmt: skip
-    del scratch
-    csum = sums.cumsum_(dim=1)
-    levels = merge_levels(width, t)
-    counts = [-(-width // (t.tile * t.width**lv)) for lv in range(levels)]
-    info = torch.empty((max(1, rows * sum(counts)), 4), dtype=itype, device=dev)
+    return _Tiles(loc, sums.cumsum_(dim=1), last, nxt)
+
+
+def _levels(h: _Tiles, n: int) -> torch.Tensor:
+    """The merge levels above the tiles of rows of ``n`` values: their four integers per child."""
+    t = TUNING
+    rows, width = h.last.shape
+    tiles = h.csum.shape[1]
+    counts = [-(-width // (t.tile * t.width**lv)) for lv in range(merge_levels(width, t))]
+    info = torch.empty((max(1, rows * sum(counts)), 4), dtype=h.last.dtype, device=h.loc.device)
     base = 0
     for lv, count in enumerate(counts):
         size = t.tile * t.width**lv
         nodes = -(-count // t.width)
         _launch(
             _merge_kernel, rows * nodes,
-            loc, csum, last, nxt, info, width, tiles, rows, nodes, size,
-            2 * ceil_log2(min(size, width)) + 2, lv, base, T=t.tile, K=t.width, KP=kp,
+            h.loc, h.csum, h.last, h.nxt, info, width, tiles, rows, nodes, size,
+            2 * ceil_log2(min(size, width)) + 2, lv, base,
+            T=t.tile, K=t.width, KP=1 << ceil_log2(t.width),
         )  # fmt: skip
         base += rows * count
-    if out is None:
-        out = torch.empty_like(x)
-    zs = torch.empty((rows, n) if with_z else (0,), dtype=torch.float64, device=dev)
+    return info
+
+
+def _slopes(
+    h: _Tiles,
+    info: torch.Tensor,
+    shift: torch.Tensor,
+    out: torch.Tensor,
+    perm: torch.Tensor | None,
+    with_z: bool,
+) -> torch.Tensor:
+    """The slopes written into ``out`` (``(B, n)``), scattered through ``perm`` if given.
+    Returns the float64 values in point order if ``with_z`` (the clusters the backward pass
+    needs), else an empty tensor."""
+    t = TUNING
+    rows, n = out.shape
+    zs = torch.empty((rows, n) if with_z else (0,), dtype=torch.float64, device=out.device)
     kind = _OUT_KIND.get(out.dtype, 0)
     _launch(
         _slopes_kernel, -(-(rows * n) // _BLOCK),
-        loc, csum, last, nxt, info, shift, shift if perm is None else perm,
-        out.view(torch.int16) if kind == 2 else out, zs, rows * n, n, width, tiles, rows, levels,
+        h.loc, h.csum, h.last, h.nxt, info, shift, shift if perm is None else perm,
+        out.view(torch.int16) if kind == 2 else out, zs, rows * n, n, n + 1, h.csum.shape[1],
+        rows, merge_levels(n + 1, t),
         T=t.tile, K=t.width, PERM=perm is not None, WRITE_Z=with_z, OUT_KIND=kind, BLOCK=_BLOCK,
     )  # fmt: skip
-    return out, zs
+    return zs
 
 
 def _isotonic_impl(y: torch.Tensor) -> torch.Tensor:
     shift = y.mean(dim=1, dtype=torch.float64)
-    out, _ = _pipeline(y, shift, shift, None, None, False, False)
+    h = _tiles(y, shift, shift, False)
+    info = _levels(h, y.shape[1])
+    out = torch.empty_like(y)
+    _slopes(h, info, shift, out, None, False)
     return out
 
 
@@ -555,9 +576,11 @@ def _prox_rows_impl(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     xs, perm = torch.sort(x, dim=1)
     shift = xs.mean(dim=1, dtype=torch.float64)  # the ramp has mean zero
+    h = _tiles(xs, lam, shift, True)
+    del xs  # freed before the output exists: the float32 peak stays at 7x the input
+    info = _levels(h, x.shape[1])
     out = torch.empty_like(x)
-    _, zs = _pipeline(xs, lam, shift, out, perm, with_z, True)
-    return out, perm, zs
+    return out, perm, _slopes(h, info, shift, out, perm, with_z)
 
 
 def _isotonic_fake(y: torch.Tensor) -> torch.Tensor:

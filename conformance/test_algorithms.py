@@ -456,9 +456,33 @@ def test_gpu_benchmark_cases_and_table() -> None:
         for w, ms in (("sort", 0.2), ("triton", 0.6), ("hull", 120.0), ("search", 30.0))
     ]
     records.append({"case": "memory d=2^26", "dtype": "torch.float32", "peak_extra_over_input": 7})
+    records += [
+        {"case": "stages d=2^20", "dtype": "torch.float32", "input": "random", "what": w, "ms": ms}
+        for w, ms in (("sort", 0.2), ("tiles", 0.1), ("merges", 0.05), ("slopes", 0.15))
+    ]
     table = gpu.render(records)
     assert "| d=2^20 | float32 | random | 0.200 | 0.600 | 3.00 | 200.0 | 50.0 |" in table
+    assert "| d=2^20 | float32 | 0.200 | — | 0.100 | 0.050 | 0.150 | 2.50 |" in table
     assert "7.00x the input's bytes" in table
+
+
+@pytest.mark.req("ALG-11")
+def test_gpu_benchmark_stages_compose_to_the_prox() -> None:
+    """The per-stage callables of the GPU benchmark run (here in the interpreter) and, run in
+    order, write the prox."""
+    need("triton", "cpu")
+    from conformance.benchmarks import gpu
+    from weightshare._isotonic import triton_hull
+    from weightshare.reference import prox_pava
+
+    v = np.random.default_rng(4).normal(size=(1, 300))
+    out = torch.full((1, 300), np.nan, dtype=torch.float64)
+    with triton_hull.tuning(64, 8, 4):  # 5 tiles, 2 merge levels
+        calls = gpu.stage_calls(torch.from_numpy(v), 0.3, out)
+        assert list(calls) == ["sort", "tiles", "merges", "slopes"]
+        for fn in calls.values():
+            fn()
+    np.testing.assert_allclose(out.numpy()[0], prox_pava(v[0], 0.3), rtol=0, atol=1e-12)
 
 
 @pytest.mark.req("ALG-13")

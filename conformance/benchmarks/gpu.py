@@ -3,8 +3,9 @@
 ``python -m conformance.benchmarks.gpu --out DIR`` (part of ``make gpu-check``) times, on one CUDA
 device and in one run: single vectors of d = 2^16..2^26, a 4096 x 4096 batch of rows and a
 ``prox_many`` over every conv/linear weight of a ResNet-50, float32 and float64, random and chain
-inputs. Times are medians of CUDA-event intervals after a warm-up; every ratio divides by a
-baseline measured in the same run. It writes ``gpu_bench.json`` and ``gpu_bench.md`` to DIR.
+inputs; and the time per stage of one prox (sort, partition for ragged lists, tiles, merges,
+slopes; ``stage_calls``). Times are medians of CUDA-event intervals after a warm-up; every ratio
+divides by a baseline measured in the same run. It writes ``gpu_bench.json`` and ``gpu_bench.md`` to DIR.
 """
 
 from __future__ import annotations
@@ -109,6 +110,39 @@ def _vector(record: Record, dtype: torch.dtype, kind: str, d: int) -> None:
             record(case, dtype, kind, m, ms)
 
 
+#: the stages of one "triton" prox, in pipeline order ("partition" only for ragged lists)
+STAGES = ("sort", "partition", "tiles", "merges", "slopes")
+
+
+def stage_calls(
+    x: torch.Tensor, lam: float, out: torch.Tensor | None = None
+) -> dict[str, Callable[[], object]]:
+    """One callable per stage of the "triton" prox of the ``(B, d)`` rows ``x``, each running
+    that stage alone on the inputs the stages before it produced (for timing); the slopes stage
+    writes the prox into ``out`` (a new buffer if None)."""
+    from weightshare._isotonic import triton_hull as th
+
+    lam_t = torch.full((1,), lam, dtype=torch.float64, device=x.device)
+    xs, perm = torch.sort(x, dim=1)
+    shift = xs.mean(dim=1, dtype=torch.float64)
+    tiles = th._tiles(xs, lam_t, shift, True)
+    info = th._levels(tiles, x.shape[1])
+    out = torch.empty_like(x) if out is None else out
+    return {
+        "sort": lambda: torch.sort(x, dim=1),
+        "tiles": lambda: th._tiles(xs, lam_t, shift, True),
+        "merges": lambda: th._levels(tiles, x.shape[1]),
+        "slopes": lambda: th._slopes(tiles, info, shift, out, perm, False),
+    }
+
+
+def _stages(record: Record, dtype: torch.dtype, d: int) -> None:
+    x = _input("random", (1, d), dtype)
+    case = f"stages d=2^{int(math.log2(d))}"
+    for what, fn in stage_calls(x, LAM).items():
+        record(case, dtype, "random", what, cuda_ms(fn, budget_s=0.2))
+
+
 def run(quick: bool = False) -> list[dict]:
     """Every case, in one run; returns the records (milliseconds, memory ratio)."""
     records: list[dict] = []
@@ -122,6 +156,8 @@ def run(quick: bool = False) -> list[dict]:
             for kind in ("random", "chain"):
                 for d in SIZES[:3] if quick else SIZES:
                     _vector(record, dtype, kind, d)
+            for d in SIZES[:2] if quick else SIZES[::2]:
+                _stages(record, dtype, d)
             _batch(record, dtype)
             _resnet50(record, dtype)
         records.append(_memory(2**20 if quick else 2**26))
@@ -161,7 +197,7 @@ def render(records: list[dict]) -> str:
     seen = []
     for r in records:
         key = (r["case"], r["dtype"], r.get("input"))
-        if "ms" not in r or key in seen:
+        if "ms" not in r or key in seen or r["case"].startswith("stages"):
             continue
         seen.append(key)
         case, dtype, kind = key
@@ -176,11 +212,30 @@ def render(records: list[dict]) -> str:
         ]
         head = f"| {case} | {dtype.removeprefix('torch.')} | {kind} | "
         lines.append(head + " | ".join(cells) + " |")
+    lines += _render_stages(records)
     for r in records:
         if "peak_extra_over_input" in r:
             lines.append(f"\nPeak extra memory, {r['case']} float32: "
                          f"{r['peak_extra_over_input']:.2f}x the input's bytes.")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _render_stages(records: list[dict]) -> list[str]:
+    """Markdown lines: milliseconds per stage of one "triton" prox (sum of the stages too)."""
+    cases: dict[tuple[str, str], dict[str, float]] = {}
+    for r in records:
+        if "ms" in r and r["case"].startswith("stages"):
+            cases.setdefault((r["case"], r["dtype"]), {})[r["what"]] = r["ms"]
+    if not cases:
+        return []
+    lines = ["", "| stages | dtype | " + " | ".join(STAGES) + " | sum / sort |",
+             "| --- | --- |" + " ---: |" * (len(STAGES) + 1)]  # fmt: skip
+    for (case, dtype), ms in cases.items():
+        cells = [f"{ms[s]:.3f}" if s in ms else "—" for s in STAGES]
+        ratio = sum(ms.values()) / ms["sort"] if "sort" in ms else float("nan")
+        lines.append(f"| {case.removeprefix('stages ')} | {dtype.removeprefix('torch.')} | "
+                     + " | ".join(cells) + f" | {ratio:.2f} |")  # fmt: skip
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

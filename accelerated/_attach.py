@@ -10,8 +10,8 @@ from __future__ import annotations
 import numbers
 import warnings
 import weakref
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -22,6 +22,7 @@ from . import _checks as checks
 from . import _distributed as distributed
 from . import _methods as methods
 from . import _prox as plain
+from . import _step_graph as step_graph
 from ._deferred import DeferredCheck
 
 __all__ = ["Attachment", "attach"]
@@ -35,10 +36,11 @@ _LIVE: weakref.WeakKeyDictionary[Optimizer, Attachment] = weakref.WeakKeyDiction
 class Attachment:
     """The handle returned by `attach`; ``remove()`` detaches the prox."""
 
-    def __init__(self, optimizer: Optimizer) -> None:
+    def __init__(self, optimizer: Optimizer, cuda_graph: bool | str = "auto") -> None:
         self._optimizer = weakref.ref(optimizer)
         self._hook = optimizer.register_step_post_hook(_step_hook)
         self._deferred = DeferredCheck()
+        self._graph = step_graph.StepGraph(cuda_graph)
         #: the groups the attachment has seen (a later one without keys is warned about once)
         self._groups = len(optimizer.param_groups)
         # the mark that a copy (deepcopy, pickle) of the optimizer carries and a state dict does
@@ -53,9 +55,15 @@ class Attachment:
         """
         self._deferred.poll(wait=True)
 
+    @property
+    def eager_reason(self) -> str | None:
+        """Why the last step ran eagerly rather than as a CUDA graph (None: it replayed one)."""
+        return self._graph.reason
+
     def remove(self) -> None:
-        """Unregister the hook and delete the ``wsr_*`` keys from the param groups."""
+        """Unregister the hook, free the step's CUDA graph, delete the ``wsr_*`` keys."""
         self._hook.remove()
+        self._graph.release()
         optimizer = self._optimizer()
         if optimizer is not None and _LIVE.get(optimizer) is self:
             del _LIVE[optimizer]
@@ -238,6 +246,7 @@ def attach(
     dim: int | None = None,
     l1: float = 0.0,
     method: str = "auto",
+    cuda_graph: bool | str = "auto",
 ) -> Attachment:
     r"""Apply the WSR prox (and optional l1 shrinkage) after every ``optimizer.step()``.
 
@@ -262,6 +271,11 @@ def attach(
             its own vector.
         l1: the l1 strength $\mu \ge 0$; the threshold is ``lr * l1``.
         method: the prox algorithm, as for `weightshare.prox`.
+        cuda_graph: run the step's prox as a CUDA graph, captured once per set of parameters,
+            shapes and dtypes and replayed (the strengths live in device tensors): ``"auto"``
+            (default) on CUDA, ``True`` the same but warn when the step cannot be one, ``False``
+            never. Not stored in the param groups; the handle's ``eager_reason`` says why a step
+            ran eagerly.
 
     Returns:
         A handle whose ``remove()`` stops the prox and deletes the ``wsr_*`` keys.
@@ -270,10 +284,12 @@ def attach(
         ValueError: negative or non-finite ``lam``/``l1``, a tensor not held by the optimizer, an
             empty selection, a second live attachment, or nothing to resume from.
         IndexError: ``dim`` out of range for an attached tensor.
-        TypeError: ``optimizer`` is not an ``Optimizer``, or ``lam``/``l1`` is not a number.
+        TypeError: ``optimizer`` is not an ``Optimizer``, ``lam``/``l1`` is not a number, or
+            ``cuda_graph`` is not a bool or a string (a string other than "auto": ValueError).
     """
     if not isinstance(optimizer, Optimizer):
         raise TypeError(f"attach expects a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    cuda_graph = step_graph.check_mode(cuda_graph)
     if optimizer in _LIVE:
         raise ValueError("this optimizer already has an attached prox; call .remove() first")
     if lam is None:
@@ -293,7 +309,7 @@ def attach(
         else:
             strengths = _strength(lam, "lam")
         _configure(optimizer, strengths, params, dim, _strength(l1, "l1"), method)
-    handle = Attachment(optimizer)
+    handle = Attachment(optimizer, cuda_graph)
     _LIVE[optimizer] = handle
     return handle
 
@@ -350,18 +366,21 @@ def _new_groups(optimizer: Optimizer) -> None:
         )
 
 
-def _step_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
-    found_inf = _found_inf(optimizer, kwargs)
-    skip: Tensor | None = None  # on CUDA: a device-side flag, applied by a select (no sync)
-    if found_inf is not None:
-        if not found_inf.is_cuda:
-            if bool(found_inf.ne(0).any()):
-                return  # a skipped step: no prox, no l1
-        else:
-            skip = found_inf.ne(0).any()
-    _new_groups(optimizer)
-    # (dim, method) -> (tensors, prox strengths, l1 thresholds)
-    jobs: dict[tuple[int | None, str], tuple[list[Tensor], list[float], list[float]]] = {}
+class _Entry(NamedTuple):
+    """One attached tensor of a step: its group's dim (as given and normalised), method, the
+    prox strength lr·lam and the l1 threshold lr·l1."""
+
+    p: Tensor
+    dim: object
+    norm_dim: int | None
+    method: str
+    lam: float
+    threshold: float
+
+
+def _collect(optimizer: Optimizer) -> list[_Entry]:
+    """The step's attached tensors with a prox or a shrink (both zero: the identity), checked."""
+    entries: list[_Entry] = []
     configured = False
     for i, group in enumerate(optimizer.param_groups):
         if not any(k in group for k in KEYS):
@@ -369,42 +388,134 @@ def _step_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
         configured = True
         _check_group(i, group)
         lr = float(group["lr"])
-        todo = jobs.setdefault((group["wsr_dim"], group["wsr_method"]), ([], [], []))
+        dim, method = group["wsr_dim"], group["wsr_method"]
         for j, (p, on) in enumerate(zip(group["params"], group["wsr_mask"], strict=True)):
             lam = lr * _per_param(group["wsr_lam"], j)
             thresh = lr * _per_param(group["wsr_l1"], j)
-            if on and (lam > 0 or thresh > 0):  # both zero: the identity
-                todo[0].append(p)
-                todo[1].append(lam)
-                todo[2].append(thresh)
+            if not on or (lam <= 0 and thresh <= 0):
+                continue
+            if not checks.is_dtensor(p):  # DTensors: checked by the distributed prox
+                checks.check_float(p, f"param group {i} parameter {j}")
+                methods.check_device(method, p)
+            entries.append(_Entry(p, dim, checks.normalize_dim(p, dim), method, lam, thresh))
     if not configured:
         raise RuntimeError(
             "weightshare.attach: no param group carries 'wsr_lam' (a state dict saved without an "
             "attachment was loaded?); re-attach with attach(optimizer, lam, ...)"
         )
+    return entries
+
+
+def _apply(
+    entries: list[_Entry],
+    lams: Sequence[float | Tensor],
+    thresholds: Sequence[float | Tensor],
+    skip: Tensor | None,
+) -> None:
+    """The step's prox and shrink, written into the parameters (TRAIN-1, TRAIN-8).
+
+    All plain tensors of one method go through one ``prox_many`` pass, whatever their dims: one
+    backend call per device and dtype. ``lams``/``thresholds`` are numbers, or device tensors
+    (one per entry) when the step runs as a graph; ``skip`` selects the old values (TRAIN-22).
+    """
+    outs: list[Tensor] = [e.p for e in entries]
+    passes: dict[tuple[str, bool, object], list[int]] = {}
+    for i, e in enumerate(entries):
+        if e.lam > 0:
+            dtensor = checks.is_dtensor(e.p)  # their prox groups by the dim as given
+            passes.setdefault((e.method, dtensor, e.dim if dtensor else None), []).append(i)
+    for (method, dtensor, dim), members in passes.items():
+        chosen = [entries[i].p for i in members]
+        chosen_lams = [lams[i] for i in members]
+        if dtensor:
+            proxed = distributed.prox_many(chosen, chosen_lams, dim, method)
+        else:
+            dims = [entries[i].norm_dim for i in members]
+            proxed = plain.prox_many_unchecked(chosen, chosen_lams, dims, method)
+        for i, out in zip(members, proxed, strict=True):
+            outs[i] = out
+    for e, out, t in zip(entries, outs, thresholds, strict=True):
+        if e.threshold > 0:
+            out = plain.soft_threshold_unchecked(out, t)
+        if skip is not None:
+            out = torch.where(skip.to(e.p.device, non_blocking=True), e.p, out)
+        if out is not e.p:
+            e.p.copy_(out)
+
+
+def _graph_obstacle(entries: list[_Entry]) -> str | None:
+    """Why this step cannot be a graph (None: it can)."""
+    if step_graph.capturing():
+        return "the step is itself being captured"
+    if any(checks.is_dtensor(e.p) for e in entries):
+        return "DTensor parameters (their prox communicates)"
+    if not all(step_graph.supported(e.p) for e in entries):
+        return "parameters not on CUDA"
+    if len({e.p.device for e in entries}) > 1:
+        return "parameters on several devices"
+    for e in entries:
+        method = methods.resolve_method(e.method, e.p) if e.lam > 0 else "none"
+        if method in ("pava", "rounds"):
+            return f"method {method!r} reads device values on the host"
+    return None
+
+
+def _key(entries: list[_Entry], skip: Tensor | None) -> Hashable:
+    """What a captured step depends on besides the strengths' values (TRAIN-25)."""
+    return (
+        skip is not None,
+        tuple(
+            (
+                id(e.p),
+                e.p.data_ptr(),
+                tuple(e.p.shape),
+                e.p.stride(),
+                e.p.dtype,
+                e.p.device,
+                e.norm_dim,
+                e.method,
+                e.lam > 0,
+                e.threshold > 0,
+            )
+            for e in entries
+        ),
+    )
+
+
+def _step_hook(optimizer: Optimizer, args: Any, kwargs: Any) -> None:
+    found_inf = _found_inf(optimizer, kwargs)
+    skip: Tensor | None = None  # on CUDA: a device-side flag, applied by a select (no sync)
+    if found_inf is not None:
+        if not step_graph.supported(found_inf):
+            if bool(found_inf.ne(0).any()):
+                return  # a skipped step: no prox, no l1
+        else:
+            skip = found_inf.ne(0).any()
+    _new_groups(optimizer)
+    entries = _collect(optimizer)
     # DTensors are checked (and their NaN/inf reported on every rank) by the distributed prox
-    _screen(optimizer, [p for ts, _, _ in jobs.values() for p in ts if not checks.is_dtensor(p)])
+    _screen(optimizer, [e.p for e in entries if not checks.is_dtensor(e.p)])
+    if not entries:
+        return
+    lams = [e.lam for e in entries]
+    thresholds = [e.threshold for e in entries]
+    attachment = _LIVE.get(optimizer)
+    graph = attachment._graph if attachment is not None else None
     with torch.no_grad():
-        for (dim, method), (tensors, lams, thresholds) in jobs.items():
-            outs: list[Tensor] = list(tensors)
-            active = [i for i, lam in enumerate(lams) if lam > 0]
-            if active:
-                chosen, chosen_lams = [tensors[i] for i in active], [lams[i] for i in active]
-                if any(checks.is_dtensor(t) for t in chosen):
-                    proxed = distributed.prox_many(chosen, chosen_lams, dim, method)
-                else:
-                    proxed = plain.prox_many_unchecked(
-                        *plain.check_many(chosen, chosen_lams, dim, method)
-                    )
-                for i, out in zip(active, proxed, strict=True):
-                    outs[i] = out
-            for p, out, t in zip(tensors, outs, thresholds, strict=True):
-                if t > 0:
-                    out = plain.soft_threshold_unchecked(out, t)
-                if skip is not None:
-                    out = torch.where(skip.to(p.device, non_blocking=True), p, out)
-                if out is not p:
-                    p.copy_(out)
+        obstacle = "cuda_graph=False" if graph is None or graph.mode is False else None
+        obstacle = obstacle or _graph_obstacle(entries)
+        if graph is None or obstacle is not None:
+            if graph is not None:
+                graph.release()
+                graph.eager(obstacle or "", warn=graph.mode is True)
+            _apply(entries, lams, thresholds, skip)
+            return
+
+        def step(lam_t: Tensor, thr_t: Tensor, skip_t: Tensor | None) -> None:
+            n = len(entries)
+            _apply(entries, [lam_t[i] for i in range(n)], [thr_t[i] for i in range(n)], skip_t)
+
+        graph.run(_key(entries, skip), entries[0].p.device, lams, thresholds, skip, step)
 
 
 #: optimizers already warned about ``wsr_*`` keys without a hook

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: the suites with CUDA cases; tests that need CVXPY are not selected (none is a CUDA case)
 SUITES = (
     "test_prox.py",
+    "test_segments.py",
     "test_algorithms.py",
     "test_penalty.py",
     "test_training.py",

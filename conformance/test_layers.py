@@ -18,14 +18,14 @@ ROOT = Path(__file__).resolve().parents[1] / "accelerated"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("reference",),  # weightshare.reference (NumPy only; its _args holds the error words)
     ("_checks",),
-    ("_rows",),
+    ("_rows", "_segments"),
     ("_isotonic",),  # the backends, one module per method
     ("_methods",),
     ("_prox", "_penalty", "_deferred"),
     ("_distributed_layout", "_distributed_sort", "_distributed"),
     ("_api",),
     ("_packing", "_sparse", "_parametrized"),
-    ("_attach", "_tie", "_hashing", "_hash_recipe", "_hashed_layers", "_symmetry"),
+    ("_attach", "_step_graph", "_tie", "_hashing", "_hash_recipe", "_hashed_layers", "_symmetry"),
     ("_factorization",),
     ("_structures", "_compress", "_serialize", "_storage"),  # whole models: compress, save, load
     ("__init__", "__main__", "factorization", "hashing", "nn", "symmetry", "storage"),

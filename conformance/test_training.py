@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import weightshare as ws
 from conformance.distributed.spawn import run_world
 from conformance.strategies import vectors
+from weightshare import _step_graph as step_graph
 from weightshare import reference as ref
 from weightshare._isotonic import host
 
@@ -304,7 +307,7 @@ def test_remove_stops_the_prox() -> None:
 
 
 @pytest.mark.req("TRAIN-8")
-def test_one_fused_call_per_dim(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_fused_call_per_method(monkeypatch: pytest.MonkeyPatch) -> None:
     # each fused pass is one call of the host backend's packed prox: (row sets, rows per set)
     calls: list[tuple[int, tuple[int, ...]]] = []
     real = host.BACKEND.prox_packed
@@ -325,8 +328,13 @@ def test_one_fused_call_per_dim(monkeypatch: pytest.MonkeyPatch) -> None:
     calls.clear()
     opt.param_groups[1]["wsr_dim"] = 1
     train_step(model, opt, x, y)
-    # one pass per dim: model[0]'s weight and bias whole, model[2].weight's 3 rows along dim 1
-    assert sorted(calls) == [(1, (3,)), (2, (1, 1))]
+    # still one pass, whatever the dims: model[0]'s weight and bias whole, model[2].weight's 3
+    # rows along dim 1
+    assert calls == [(3, (1, 1, 3))]
+    calls.clear()
+    opt.param_groups[1]["wsr_method"] = "hull"  # a second method: a second pass (not the host's)
+    train_step(model, opt, x, y)
+    assert calls == [(2, (1, 1))]
 
 
 @pytest.mark.req("TRAIN-9")
@@ -564,20 +572,26 @@ def test_ddp_replicas_stay_bit_identical(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _cuda_model() -> tuple[nn.Sequential, torch.optim.Optimizer, ws.Attachment, Any, Any]:
+def _cuda_model(
+    cuda_graph: bool | str = "auto",
+) -> tuple[nn.Sequential, torch.optim.Optimizer, ws.Attachment, Any, Any]:
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     model = mlp(torch.float32, "cuda")
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    handle = ws.attach(opt, 0.5, l1=0.01)
+    handle = ws.attach(opt, 0.5, l1=0.01, cuda_graph=cuda_graph)
     x, y = data(torch.float32, "cuda")
     return model, opt, handle, x, y
 
 
-@pytest.mark.req("TRAIN-20")
-def test_cuda_attach_step_never_syncs() -> None:
-    model, opt, handle, x, y = _cuda_model()
+@pytest.mark.req("TRAIN-20", "TRAIN-25")
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_cuda_attach_step_never_syncs(cuda_graph: bool) -> None:
+    model, opt, handle, x, y = _cuda_model(cuda_graph)
     train_step(model, opt, x, y)  # warm-up: kernels compiled, pinned buffers allocated
+    if cuda_graph:
+        train_step(model, opt, x, y)  # the capture (torch.cuda.graph synchronizes once)
+        assert handle.eager_reason is None and handle._graph.captures == 1
     torch.cuda.synchronize()
     opt.zero_grad()
     nn.functional.mse_loss(model(x), y).backward()
@@ -589,6 +603,7 @@ def test_cuda_attach_step_never_syncs() -> None:
     handle.check()
     want = ws.prox(model[0].weight.detach().double(), 0.0)  # the step ran (finite weights)
     assert torch.isfinite(want).all()
+    assert handle.eager_reason == (None if cuda_graph else "cuda_graph=False")
 
 
 @pytest.mark.req("TRAIN-20")
@@ -644,3 +659,218 @@ def test_a_strength_per_parameter_refused_input_changes_nothing() -> None:
     with pytest.raises(ValueError, match="empty mapping"):
         ws.attach(opt, {})
     assert wsr_keys(opt) == [{}]
+
+
+# ---------------------------------------------------------------------------------------------
+# the attach step as a CUDA graph (TRAIN-25): the logic on the CPU with a fake graph
+
+
+class _NoHostReads(TorchDispatchMode):
+    """Raises on any op that reads a device value on the host (forbidden while capturing)."""
+
+    SYNCS = frozenset({"_local_scalar_dense", "item", "nonzero", "is_nonzero", "equal"})
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        if func.__name__.split(".")[0] in self.SYNCS:
+            raise RuntimeError(f"host read {func.__name__} in a captured step")
+        return func(*args, **(kwargs or {}))
+
+
+class FakeGraph:
+    """Stands in for torch.cuda.CUDAGraph: capture records the step (nothing runs), replay runs
+    it with no host read allowed; ``fail`` makes the capture raise."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.fail = fail
+        self.fn: Any = None
+        self.replays = 0
+
+    def capture(self, fn: Any) -> None:
+        if self.fail:
+            raise RuntimeError(self.fail)
+        self.fn = fn
+
+    def replay(self) -> None:
+        with _NoHostReads():
+            self.fn()
+        self.replays += 1
+
+
+@pytest.fixture
+def fake_graphs(monkeypatch: pytest.MonkeyPatch) -> list[FakeGraph]:
+    """CPU tensors count as CUDA ones, and every graph made is a :class:`FakeGraph` (listed)."""
+    made: list[FakeGraph] = []
+
+    def new_graph(device: torch.device) -> FakeGraph:
+        made.append(FakeGraph())
+        return made[-1]
+
+    monkeypatch.setattr(step_graph, "new_graph", new_graph)
+    monkeypatch.setattr(step_graph, "supported", lambda t: True)
+    return made
+
+
+def _twins(cuda_graph: bool | str) -> tuple[Any, ...]:
+    """A model attached with ``cuda_graph`` and its eager twin (same data, same settings)."""
+    out: list[Any] = []
+    for mode in (cuda_graph, False):
+        model = mlp()
+        opt = torch.optim.SGD(
+            [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.1}],
+            lr=0.2,
+        )
+        handle = ws.attach(opt, 0.3, l1=0.01, method="hull", cuda_graph=mode)
+        out += [model, opt, handle]
+    return tuple(out)
+
+
+def _same(a: nn.Module, b: nn.Module) -> None:
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
+
+
+@pytest.mark.req("TRAIN-25")
+def test_graph_captured_once_and_replayed(fake_graphs: list[FakeGraph]) -> None:
+    model, opt, handle, twin, twin_opt, _ = _twins(True)
+    x, y = data()
+    for step in range(4):
+        for o in (opt, twin_opt):  # the strengths change every step: copied before each replay
+            for group in o.param_groups:
+                group["lr"] *= 0.7
+        train_step(model, opt, x, y)
+        train_step(twin, twin_opt, x, y)
+        _same(model, twin)
+        if step == 0:
+            assert handle.eager_reason is not None and handle.eager_reason.startswith("warm-up")
+            assert fake_graphs == []
+        else:
+            assert handle.eager_reason is None
+    assert len(fake_graphs) == 1 and fake_graphs[0].replays == 3
+    # a change of what the step depends on (a dim): warm-up again, then a new capture
+    for o in (opt, twin_opt):
+        o.param_groups[1]["wsr_dim"] = 1
+    for step in range(3):
+        train_step(model, opt, x, y)
+        train_step(twin, twin_opt, x, y)
+        _same(model, twin)
+        assert (handle.eager_reason is None) == (step > 0)
+    assert len(fake_graphs) == 2 and fake_graphs[1].replays == 2
+    assert handle._graph.captures == 2
+    # a strength that drops to 0 changes which tensors get a prox: captured anew
+    for o in (opt, twin_opt):
+        o.param_groups[0]["wsr_lam"] = 0.0
+    for _ in range(2):
+        train_step(model, opt, x, y)
+        train_step(twin, twin_opt, x, y)
+        _same(model, twin)
+    assert len(fake_graphs) == 3
+    handle.remove()
+    assert handle._graph._graph is None  # the graph (and its memory pool) is freed
+
+
+@pytest.mark.req("TRAIN-25", "TRAIN-22")
+def test_graph_keeps_the_skipped_step_select(fake_graphs: list[FakeGraph]) -> None:
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, fused=True)  # it reads found_inf
+    handle = ws.attach(opt, 0.3, method="search", cuda_graph=True)
+    x, y = data()
+    opt.found_inf = torch.zeros(())  # type: ignore[attr-defined]
+    for _ in range(2):  # warm-up, then the capture
+        train_step(model, opt, x, y)
+    assert len(fake_graphs) == 1 and handle.eager_reason is None
+    w = model[0].weight
+    before = w.detach().clone()
+    opt.found_inf = torch.ones(())  # type: ignore[attr-defined]
+    train_step(model, opt, x, y)  # replayed with the flag set: nothing changes
+    assert torch.equal(w.detach(), before)
+    assert fake_graphs[0].replays == 2
+    before = w.detach().clone()
+    opt.found_inf = torch.zeros(())  # type: ignore[attr-defined]
+    train_step(model, opt, x, y)
+    assert w.grad is not None
+    want = ws.prox(before - 0.2 * w.grad, 0.2 * 0.3)
+    torch.testing.assert_close(w.detach(), want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.req("TRAIN-25")
+def test_graph_capture_failure_falls_back_and_says_why(
+    fake_graphs: list[FakeGraph], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(step_graph, "new_graph", lambda device: FakeGraph("no capture here"))
+    model, opt, handle, twin, twin_opt, _ = _twins("auto")
+    x, y = data()
+    train_step(model, opt, x, y)  # warm-up
+    with pytest.warns(UserWarning, match="eagerly.*capture failed.*no capture here"):
+        train_step(model, opt, x, y)
+    reason = handle.eager_reason
+    assert reason is not None and "no capture here" in reason
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once; the same key is not captured again
+        for _ in range(2):
+            train_step(model, opt, x, y)
+    for _ in range(4):
+        train_step(twin, twin_opt, x, y)
+    _same(model, twin)
+    assert handle.eager_reason == reason
+
+
+@pytest.mark.req("TRAIN-25")
+def test_graph_option_and_reasons() -> None:
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    with pytest.raises(ValueError, match="cuda_graph must be 'auto', True or False, got 'yes'"):
+        ws.attach(opt, 0.1, cuda_graph="yes")
+    with pytest.raises(TypeError, match="cuda_graph must be 'auto', True or False, got int"):
+        ws.attach(opt, 0.1, cuda_graph=1)  # type: ignore[arg-type]
+    assert wsr_keys(opt) == [{}]  # nothing written on error
+    x, y = data()
+    handle = ws.attach(opt, 0.1)  # "auto": eager on the CPU, silently
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_step(model, opt, x, y)
+    assert handle.eager_reason == "parameters not on CUDA"
+    handle.remove()
+    handle = ws.attach(opt, 0.1, cuda_graph=True)  # asked for: warned once
+    with pytest.warns(UserWarning, match="eagerly.*parameters not on CUDA"):
+        train_step(model, opt, x, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train_step(model, opt, x, y)
+    handle.remove()
+    handle = ws.attach(opt, 0.1, cuda_graph=False)
+    train_step(model, opt, x, y)
+    assert handle.eager_reason == "cuda_graph=False"
+
+
+@pytest.mark.req("TRAIN-25")
+def test_graph_obstacles(fake_graphs: list[FakeGraph]) -> None:
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    x, y = data()
+    for method in ("pava", "rounds"):  # the host method, and one reading a flag per round
+        handle = ws.attach(opt, 0.1, method=method)
+        train_step(model, opt, x, y)
+        assert handle.eager_reason == f"method {method!r} reads device values on the host"
+        handle.remove()
+    assert fake_graphs == []
+
+
+@pytest.mark.req("TRAIN-25")
+def test_cuda_graph_step_equals_eager() -> None:
+    """The real capture (CUDA only: make gpu-check): equal to the eager step, strengths updated."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    runs = []
+    for mode in (True, False):
+        model = mlp(torch.float32, "cuda")
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        handle = ws.attach(opt, 0.5, l1=0.01, cuda_graph=mode)
+        x, y = data(torch.float32, "cuda")
+        for _ in range(5):
+            opt.param_groups[0]["lr"] *= 0.8
+            train_step(model, opt, x, y)
+        runs.append((model, handle))
+    (graphed, handle), (eager, _) = runs
+    assert handle.eager_reason is None and handle._graph.captures == 1
+    for p, q in zip(graphed.parameters(), eager.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)

@@ -8,6 +8,7 @@ isotonic kernel), defined as ``BACKEND`` in a module of its own:
 * ``search``: divide and conquer with a binary search per merge, in torch ops;
 * ``hull``: the lower-hull merge with a bridge search, in torch ops (``common`` holds the
   pieces "search" and "hull" share);
+* ``ragged`` (no method): the prox of row sets of different lengths for the torch-op backends;
 * ``triton_hull``: the same hull merge as a few fused Triton kernels per level (CUDA, or the
   Triton interpreter); imported on first use, since it imports Triton.
 

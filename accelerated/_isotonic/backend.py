@@ -11,8 +11,9 @@ A backend answers three calls, the only ones the prox pipeline makes:
 * ``Backend.isotonic``: the ``(B, n) -> (B, n)`` isotonic regression itself.
 
 This base class is the torch-op pipeline around any ``isotonic`` function ("rounds", "search",
-"hull"): ``torch.sort``, the ramp in float64, the kernel, a scatter. Backends with their own
-pipeline ("pava" on the host, "triton") override what they fuse.
+"hull"): ``torch.sort``, the ramp in float64, the kernel, a scatter; row sets of different
+lengths take the ragged pass of ``ragged.prox_ragged`` (no padding to the longest). Backends
+with their own pipeline ("pava" on the host, "triton") override what they fuse.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Callable, Hashable
 import torch
 
 from .. import _rows
+from .ragged import prox_ragged
 
 #: ``(out rows, sort permutation, sorted float64 prox values)``
 RowsResult = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -70,40 +72,29 @@ class Backend:
     ) -> list[torch.Tensor]:
         """Prox of several non-empty ``(B_i, d_i)`` row sets of one :meth:`group` in one pass.
 
-        Every row is padded to the longest length D with its own maximum, sorted (stably, so the
-        padding stays behind the real entries), given the ramp of its own length, and its sorted
-        tail is padded with the largest real value of ``z``, which leaves the isotonic solution of
-        the real part unchanged (the hull-algorithm padding argument). One sort and one kernel
-        call over ``(sum B_i, D)``; then every row's first ``d_i`` outputs are unsorted back.
+        Row sets of length 1 or with the strength 0 (a number) are copied (the identity,
+        PROX-11). The others: when all have one length, one :meth:`prox_rows` of their
+        concatenation; else the ragged pass of ``ragged.prox_ragged`` (one flat sort, the kernel
+        on length classes, no padding to the longest), whose work is proportional to the values.
         """
-        device = rows[0].device
-        lengths = [r.shape[1] for r in rows]
-        counts = [r.shape[0] for r in rows]
-        if len(set(lengths)) == 1:  # nothing to pad
-            out, _, _ = self.prox_rows(torch.cat(rows), stacked_strengths(rows, lams), False)
-            return list(out.split(counts))
-        width = max(lengths)
-        padded = torch.cat(
-            [
-                torch.cat([r, r.amax(1, keepdim=True).expand(r.shape[0], width - d)], dim=1)
-                for r, d in zip(rows, lengths, strict=True)
-            ]
-        )
-        d_row = torch.cat(
-            [
-                torch.full((r.shape[0], 1), d, dtype=torch.float64, device=device)
-                for r, d in zip(rows, lengths, strict=True)
-            ]
-        )
-        xs, perm = torch.sort(padded, dim=1, stable=True)
-        k = torch.arange(width, dtype=torch.float64, device=device)
-        real = k < d_row
-        ramp = torch.where(real, (2.0 * k - (d_row - 1)) / (d_row - 1).clamp_min(1.0), 0.0)
-        z = xs.to(torch.float64) - collapse_clamp(xs, stacked_strengths(rows, lams)) * ramp
-        top = torch.where(real, z, -torch.inf).amax(1, keepdim=True)
-        z = self.isotonic(torch.where(real, z, top).contiguous())
-        out = torch.zeros_like(padded).scatter(1, perm, z.to(padded.dtype))
-        return [part[:, :d] for part, d in zip(out.split(counts), lengths, strict=True)]
+        outs: list[torch.Tensor | None] = [
+            r.clone()
+            if r.shape[1] == 1 or (not isinstance(lam, torch.Tensor) and lam == 0.0)
+            else None
+            for r, lam in zip(rows, lams, strict=True)
+        ]
+        todo = [i for i, out in enumerate(outs) if out is None]
+        if todo:
+            chosen, chosen_lams = [rows[i] for i in todo], [lams[i] for i in todo]
+            if len({r.shape[1] for r in chosen}) == 1:  # nothing ragged
+                strengths = stacked_strengths(chosen, chosen_lams)
+                out, _, _ = self.prox_rows(torch.cat(chosen), strengths, False)
+                solved = list(out.split([r.shape[0] for r in chosen]))
+            else:
+                solved = prox_ragged(self.isotonic, chosen, chosen_lams)
+            for i, part in zip(todo, solved, strict=True):
+                outs[i] = part
+        return [out for out in outs if out is not None]
 
 
 def is_active(d: int, lam: float | torch.Tensor) -> bool:

@@ -159,6 +159,63 @@ def test_prox_speed(benchmark, case: Case) -> None:  # type: ignore[no-untyped-d
     benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=1)
 
 
+# ---------------------------------------------------------------------------------------------
+# ragged batches: prox_many of ResNet-50's weight shapes against one prox of their concatenation
+
+#: channel counts divided by this (CPU-sized: 54 tensors, 399,512 values, lengths 64..36,864)
+RAGGED_SCALE = 8
+RAGGED_METHODS = ("auto", "search", "hull")
+RAGGED_LAM = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class RaggedCase:
+    """``prox_many`` of the scaled ResNet-50 weights (``what="ragged"``) or one ``prox`` of their
+    concatenated values (``what="concatenated"``), with one method."""
+
+    impl: str
+    what: str
+    dtype: str
+    scale: int = RAGGED_SCALE
+
+    @property
+    def name(self) -> str:
+        return f"ragged-{self.impl}-{self.what}-{self.dtype}-resnet50÷{self.scale}"
+
+    def call(self) -> Callable[[], object]:
+        import weightshare
+        from conformance.benchmarks.gpu import resnet50_weight_shapes
+
+        g = torch.Generator().manual_seed(0)
+        dtype = getattr(torch, self.dtype)
+        shapes = resnet50_weight_shapes(self.scale)
+        tensors = [torch.randn(s, generator=g, dtype=torch.float64).to(dtype) for s in shapes]
+        if self.what == "ragged":
+            return lambda: weightshare.prox_many(tensors, RAGGED_LAM, method=self.impl)
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        return lambda: weightshare.prox(flat, RAGGED_LAM, method=self.impl)
+
+    def run(self) -> object:
+        return self.call()()
+
+
+def ragged_cases(scale: int = RAGGED_SCALE) -> list[RaggedCase]:
+    return [
+        RaggedCase(impl, what, dtype, scale)
+        for dtype in DTYPES
+        for impl in RAGGED_METHODS
+        for what in ("ragged", "concatenated")
+    ]
+
+
+@pytest.mark.parametrize("case", ragged_cases(), ids=lambda c: c.name)
+def test_prox_many_ragged(benchmark, case: RaggedCase) -> None:  # type: ignore[no-untyped-def]
+    call = case.call()
+    benchmark.group = f"ragged resnet50/{case.scale} {case.dtype}"
+    benchmark.extra_info.update(dataclasses.asdict(case), **_versions())
+    benchmark.pedantic(call, rounds=3, iterations=1, warmup_rounds=1)
+
+
 MEMORY_D = 10**7
 
 

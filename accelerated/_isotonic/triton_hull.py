@@ -44,6 +44,7 @@ same schema and a fake implementation stands in.
 """
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
@@ -53,7 +54,9 @@ import triton
 import triton.language as tl
 from torch.utils._python_dispatch import _disable_current_modes
 
-from .backend import Backend, RowsResult, is_active
+from .. import _segments as segments
+from . import ragged
+from .backend import Backend, RowsResult, is_active, stacked_strengths
 from .common import ceil_log2, check_rows
 
 #: True when the kernels below were defined for Triton's interpreter (CPU tensors).
@@ -122,98 +125,102 @@ def merge_levels(points: int, t: Tuning) -> int:
 
 # ---------------------------------------------------------------------------------------------
 # Device functions
+#
+# A *segment* is one row (a ``(B, n)`` batch: segment = row) or one vector of a ragged list
+# (``RAGGED``). Its frame: ``seg`` (index), ``pbase`` (its first point in the point buffers),
+# ``tb`` (its first tile), ``cbase`` (the scan of the tile sums before that tile) and ``W`` (its
+# number of points). Point indices ``p`` are local to the segment.
 
 
 @triton.jit
-def _step(info_ptr, row, p, v, live, W, B, nlev, T: tl.constexpr, K: tl.constexpr,
-          LAST: tl.constexpr):  # fmt: skip
-    """``_walk`` from a loaded link ``v`` of point ``p`` (see there)."""
-    size = (W * 0).to(tl.int64) + T
+def _step(info_ptr, ib_ptr, seg, p, v, live, W, B, nlev, T: tl.constexpr, K: tl.constexpr,
+          LAST: tl.constexpr, RAGGED: tl.constexpr):  # fmt: skip
+    """``_walk`` from a loaded link ``v`` of point ``p`` (see there). The children of level
+    ``lv`` of a segment start at ``ib[lv·B + seg]`` (``RAGGED``, B segments) or at the level's
+    base plus ``seg`` times the children per row (B rows of W points)."""
+    size = (seg * 0).to(tl.int64) + T
     base = size * 0
-    for _ in range(nlev):
+    for lv in range(nlev):
         count = (W + size - 1) // size
-        at = info_ptr + (base + row * count + p // size) * 4
-        lo = tl.load(at, mask=live, other=0).to(tl.int64)
-        hi = tl.load(at + 1, mask=live, other=0).to(tl.int64)
-        if LAST:
-            v = tl.where(v >= lo, tl.minimum(v, hi), tl.load(at + 2, mask=live, other=0))
+        on = live
+        if RAGGED:  # -1: the segment has no such level
+            first = tl.load(ib_ptr + lv * B + seg + p * 0, mask=live, other=-1)
+            on = live & (first >= 0)
         else:
-            v = tl.where(v <= hi, tl.maximum(v, lo), tl.load(at + 3, mask=live, other=0))
+            first = base + seg * count
+        at = info_ptr + (first + p // size) * 4
+        lo = tl.load(at, mask=on, other=0).to(tl.int64)
+        hi = tl.load(at + 1, mask=on, other=0).to(tl.int64)
+        if LAST:
+            new = tl.where(v >= lo, tl.minimum(v, hi), tl.load(at + 2, mask=on, other=0))
+        else:
+            new = tl.where(v <= hi, tl.maximum(v, lo), tl.load(at + 3, mask=on, other=0))
+        v = tl.where(on, new, v)
         base += B * count
         size *= K
     return v
 
 
 @triton.jit
-def _probe(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, row, lo, hi, lower, upper, live, W,
-           NT, B, nlev, T: tl.constexpr, K: tl.constexpr, OFFSETS: tl.constexpr):  # fmt: skip
+def _offset(csum_ptr, tb, cbase, p, live, T: tl.constexpr):
+    """The prefix sum before point ``p``'s tile (``p`` local to a segment starting at tile tb)."""
+    return tl.load(csum_ptr + tb + p // T - 1, mask=live & (p >= T), other=0.0) - tl.where(
+        p >= T, cbase, 0.0
+    )
+
+
+@triton.jit
+def _probe(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, ib_ptr, seg, pbase, tb, cbase, lo, hi,
+           lower, upper, live, W, B, nlev, T: tl.constexpr, K: tl.constexpr,
+           OFFSETS: tl.constexpr, RAGGED: tl.constexpr):  # fmt: skip
     """One probe of a bridge search on the hull of [lower, upper]: the vertex ``v`` at or before
     the middle of [lo, hi], its neighbours on that hull (``v`` itself at the hull's ends), and
     the three ordinates. (One device function: calls are costly in the interpreter.)"""
-    links = row * W
     mid = (lo + hi) >> 1
-    v = tl.load(last_ptr + links + mid, mask=live, other=0).to(tl.int64)
+    v = tl.load(last_ptr + pbase + mid, mask=live, other=0).to(tl.int64)
     if nlev > 0:
-        v = _step(info_ptr, row, mid, v, live, W, B, nlev, T, K, True).to(tl.int64)
+        v = _step(info_ptr, ib_ptr, seg, mid, v, live, W, B, nlev, T, K, True, RAGGED)
+        v = v.to(tl.int64)
     has_l = live & (v > lower)
     has_r = live & (v < upper)
     ql = tl.where(has_l, v - 1, v)
     qr = tl.where(has_r, v + 1, v)
-    u = tl.load(last_ptr + links + ql, mask=has_l, other=0).to(tl.int64)
-    w = tl.load(nxt_ptr + links + qr, mask=has_r, other=0).to(tl.int64)
+    u = tl.load(last_ptr + pbase + ql, mask=has_l, other=0).to(tl.int64)
+    w = tl.load(nxt_ptr + pbase + qr, mask=has_r, other=0).to(tl.int64)
     if nlev > 0:
-        u = _step(info_ptr, row, ql, u, has_l, W, B, nlev, T, K, True)
-        w = _step(info_ptr, row, qr, w, has_r, W, B, nlev, T, K, False)
+        u = _step(info_ptr, ib_ptr, seg, ql, u, has_l, W, B, nlev, T, K, True, RAGGED)
+        w = _step(info_ptr, ib_ptr, seg, qr, w, has_r, W, B, nlev, T, K, False, RAGGED)
     u = tl.where(has_l, tl.maximum(u, lower), v)
     w = tl.where(has_r, tl.minimum(w, upper), v)
-    s_v = tl.load(loc_ptr + links + v, mask=live, other=0.0)
-    s_u = tl.load(loc_ptr + links + u, mask=live, other=0.0)
-    s_w = tl.load(loc_ptr + links + w, mask=live, other=0.0)
-    if OFFSETS:  # the tiles' offsets (point k of tile t: csum[t - 1] + its local sum)
-        offs = csum_ptr + row * NT - 1
-        s_v += tl.load(offs + v // T, mask=live & (v >= T), other=0.0)
-        s_u += tl.load(offs + u // T, mask=live & (u >= T), other=0.0)
-        s_w += tl.load(offs + w // T, mask=live & (w >= T), other=0.0)
+    s_v = tl.load(loc_ptr + pbase + v, mask=live, other=0.0)
+    s_u = tl.load(loc_ptr + pbase + u, mask=live, other=0.0)
+    s_w = tl.load(loc_ptr + pbase + w, mask=live, other=0.0)
+    if OFFSETS:  # the tiles' offsets
+        s_v += _offset(csum_ptr, tb, cbase, v, live, T)
+        s_u += _offset(csum_ptr, tb, cbase, u, live, T)
+        s_w += _offset(csum_ptr, tb, cbase, w, live, T)
     return v, u, w, s_v, s_u, s_w
 
 
 @triton.jit
-def _walk(link_ptr, info_ptr, row, p, live, W, B, nlev, T: tl.constexpr, K: tl.constexpr,
-          LAST: tl.constexpr):  # fmt: skip
-    """The last (``LAST``) or next hull vertex of point ``p`` after ``nlev`` levels above the
-    tiles: the tile's link, then at each level ``v -> min(v, r)`` if ``v >= l`` else ``prev_r``
-    (``v -> max(v, l)`` if ``v <= r`` else ``next_l``) with the child's four integers."""
-    v = tl.load(link_ptr + row * W + p, mask=live, other=0).to(tl.int64)
-    return _step(info_ptr, row, p, v, live, W, B, nlev, T, K, LAST).to(tl.int64)
-
-
-@triton.jit
-def _s(loc_ptr, csum_ptr, row, p, live, W, NT, T: tl.constexpr, OFFSETS: tl.constexpr):
-    """S at point ``p``: its tile-local prefix sum, plus the tile's offset (``OFFSETS``)."""
-    s = tl.load(loc_ptr + row * W + p, mask=live, other=0.0)
-    if OFFSETS:
-        t = p // T
-        s += tl.load(csum_ptr + row * NT + t - 1, mask=live & (t > 0), other=0.0)
-    return s
-
-
-@triton.jit
-def _bridge(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, row, lower_a, upper_a, lower_c,
-            upper_c, steps, live, W, NT, B, nlev, T: tl.constexpr, K: tl.constexpr,
-            OFFSETS: tl.constexpr):  # fmt: skip
+def _bridge(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, ib_ptr, seg, pbase, tb, cbase,
+            lower_a, upper_a, lower_c, upper_c, steps, live, W, B, nlev, T: tl.constexpr,
+            K: tl.constexpr, OFFSETS: tl.constexpr, RAGGED: tl.constexpr):  # fmt: skip
     """Bridge ends of the hulls of points [lower_a, upper_a] and [lower_c, upper_c], per lane:
     the simultaneous binary search (``steps`` probes)."""
     gap = upper_a.to(tl.float64) + 0.5  # strictly between the two hulls
     lo_a, hi_a, lo_c, hi_c = lower_a, upper_a, lower_c, upper_c
     pa = lo_a
     pc = lo_c
+    sa = tl.zeros(lo_a.shape, tl.float64)
+    s_c = sa
     for _ in range(steps):
-        pa, la, ra, sa, s_la, s_ra = _probe(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, row,
-                                            lo_a, hi_a, lower_a, upper_a, live, W, NT, B, nlev,
-                                            T, K, OFFSETS)  # fmt: skip
-        pc, lc, rc, s_c, s_lc, s_rc = _probe(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, row,
-                                             lo_c, hi_c, lower_c, upper_c, live, W, NT, B, nlev,
-                                             T, K, OFFSETS)  # fmt: skip
+        pa, la, ra, sa, s_la, s_ra = _probe(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr,
+                                            ib_ptr, seg, pbase, tb, cbase, lo_a, hi_a, lower_a,
+                                            upper_a, live, W, B, nlev, T, K, OFFSETS, RAGGED)  # fmt: skip
+        pc, lc, rc, s_c, s_lc, s_rc = _probe(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr,
+                                             ib_ptr, seg, pbase, tb, cbase, lo_c, hi_c, lower_c,
+                                             upper_c, live, W, B, nlev, T, K, OFFSETS, RAGGED)  # fmt: skip
         dy_la = s_la - sa
         dy_ra = s_ra - sa
         dy_c = s_c - sa
@@ -243,13 +250,14 @@ def _bridge(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, row, lower_a, upper_
         lo_c = tl.where(c_right, rc, lo_c)
         hi_a = tl.where(a_left, la, hi_a)
         hi_c = tl.where(move_c, lc, hi_c)
-    return pa, pc
+    return pa, pc, sa, s_c
 
 
 @triton.jit
-def _merge_node(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, out_ptr, out_base, row, node_lo,
-                node_end, size, steps, nlev, W, NT, B, T: tl.constexpr, K: tl.constexpr,
-                KP: tl.constexpr, OFFSETS: tl.constexpr):  # fmt: skip
+def _merge_node(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, ib_ptr, out_ptr, out_base, seg,
+                pbase, tb, cbase, node_lo, node_end, size, steps, nlev, W, B, T: tl.constexpr,
+                K: tl.constexpr, KP: tl.constexpr, OFFSETS: tl.constexpr,
+                RAGGED: tl.constexpr):  # fmt: skip
     """The K-way rule for the children ``[node_lo + k·size, ...)`` of a node ending at
     ``node_end``: child k's ``(l, r, prev_r, next_l)`` go to ``out_ptr[(out_base + k)·4 ..]``
     (a dropped child has ``l = W``, ``r = -1``). One lane per child pair."""
@@ -262,12 +270,11 @@ def _merge_node(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, out_ptr, out_bas
     hi_j = tl.minimum(lo_j + size, node_end) - 1
     pair = (i < j) & (j < K) & (lo_j < node_end)
     steps = tl.where(node_end - node_lo > size, steps, 0)  # one child: nothing to search
-    a, c = _bridge(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, row, lo_i, hi_i, lo_j, hi_j,
-                   steps, pair, W, NT, B, nlev, T, K, OFFSETS)  # fmt: skip
-    rise = _s(loc_ptr, csum_ptr, row, c, pair, W, NT, T, OFFSETS) - _s(
-        loc_ptr, csum_ptr, row, a, pair, W, NT, T, OFFSETS
-    )
-    slope = rise / tl.where(pair, (c - a).to(tl.float64), 1.0)
+    # the probes' ordinates after the last step are the bridge ends'
+    a, c, s_a, s_c = _bridge(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, ib_ptr, seg, pbase,
+                             tb, cbase, lo_i, hi_i, lo_j, hi_j, steps, pair, W, B, nlev, T, K,
+                             OFFSETS, RAGGED)  # fmt: skip
+    slope = (s_c - s_a) / tl.where(pair, (c - a).to(tl.float64), 1.0)
     # child j: the steepest bridge from the left (ties: the rightmost end), and child i: the
     # flattest bridge to the right (ties: the leftmost end)
     s_left = tl.max(tl.where(pair, slope, -float("inf")), axis=0)
@@ -291,36 +298,60 @@ def _merge_node(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, out_ptr, out_bas
     tl.store(at + 3, next_l.to(ty), mask=has)
 
 
+@triton.jit
+def _frame(seg_ptr, csum_ptr, seg, n, NT, live, RAGGED: tl.constexpr):
+    """A segment's ``(element base, length, point base, first tile, scan before it)``: from the
+    ``(S, 4)`` table (``RAGGED``) or, for row ``seg`` of a ``(B, n)`` batch, by arithmetic."""
+    if RAGGED:
+        at = seg_ptr + seg * 4
+        ebase = tl.load(at, mask=live, other=0)
+        length = tl.load(at + 1, mask=live, other=1)
+        pbase = tl.load(at + 2, mask=live, other=0)
+        tb = tl.load(at + 3, mask=live, other=0)
+    else:
+        ebase = seg * n
+        length = seg * 0 + n
+        pbase = seg * (n + 1)
+        tb = seg * NT
+    cbase = tl.load(csum_ptr + tb - 1, mask=live & (tb > 0), other=0.0)
+    return ebase, length, pbase, tb, cbase
+
+
 # ---------------------------------------------------------------------------------------------
 # Kernels
 
 
 @triton.jit
 def _tile_kernel(x_ptr, lam_ptr, shift_ptr, loc_ptr, tot_ptr, last_ptr, nxt_ptr, scratch_ptr,
-                 n, W, NT, lam_stride, log_w, RAMP: tl.constexpr, SORTED: tl.constexpr,
-                 T: tl.constexpr, G: tl.constexpr, CH: tl.constexpr, K: tl.constexpr,
-                 KP: tl.constexpr, LOG_G: tl.constexpr, LOG_K: tl.constexpr,
-                 TLEV: tl.constexpr):  # fmt: skip
+                 seg_ptr, tseg_ptr, n, NT, lam_stride, log_w, RAMP: tl.constexpr,
+                 SORTED: tl.constexpr, RAGGED: tl.constexpr, T: tl.constexpr, G: tl.constexpr,
+                 CH: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, LOG_G: tl.constexpr,
+                 LOG_K: tl.constexpr, TLEV: tl.constexpr):  # fmt: skip
     """One tile of T points: local prefix sums, the tile's sum, the tile's hull as links."""
     pid = tl.program_id(0).to(tl.int64)
-    row = pid // NT
-    lo = (pid % NT) * T
+    if RAGGED:
+        seg = tl.load(tseg_ptr + pid).to(tl.int64)
+    else:
+        seg = pid // NT
+    ebase, n, pbase, tb, cbase = _frame(seg_ptr, tot_ptr, seg, n, NT, pid >= 0, RAGGED)
+    W = n + 1
+    lo = (pid - tb) * T
     end = tl.minimum(lo + T, W)
     k = tl.arange(0, T).to(tl.int64)
     p = lo + k
     real = p < n  # element p lies between points p and p + 1
-    y = tl.load(x_ptr + row * n + p, mask=real, other=0.0).to(tl.float64)
+    y = tl.load(x_ptr + ebase + p, mask=real, other=0.0).to(tl.float64)
     if RAMP:
-        # a float64 strength per row, or one for all (scalar kernel arguments would be float32)
-        lam = tl.load(lam_ptr + row * lam_stride)
+        # a float64 strength per segment, or one for all (scalar arguments would be float32)
+        lam = tl.load(lam_ptr + seg * lam_stride)
         if SORTED:  # sorted rows: clamp λ to max - min, the same prox (PROX-21)
-            top = tl.load(x_ptr + row * n + (n - 1)).to(tl.float64)
-            low = tl.load(x_ptr + row * n).to(tl.float64)
+            top = tl.load(x_ptr + ebase + (n - 1)).to(tl.float64)
+            low = tl.load(x_ptr + ebase).to(tl.float64)
             lam = tl.minimum(lam, top - low)
-        y = y - lam * ((2.0 * p.to(tl.float64) - (n - 1)) / (n - 1))
-    y = tl.where(real, y - tl.load(shift_ptr + row), 0.0)
+        y = y - lam * ((2.0 * p.to(tl.float64) - (n - 1)) / tl.maximum(n - 1, 1))
+    y = tl.where(real, y - tl.load(shift_ptr + seg), 0.0)
     total = tl.cumsum(y, 0)
-    tl.store(loc_ptr + row * W + p, total - y, mask=p < end)
+    tl.store(loc_ptr + pbase + p, total - y, mask=p < end)
     tl.store(tot_ptr + pid, tl.sum(y, 0))
     tl.debug_barrier()
     # every group of G points: the brute-force vertex test, then its links
@@ -333,8 +364,8 @@ def _tile_kernel(x_ptr, lam_ptr, shift_ptr, loc_ptr, tot_ptr, last_ptr, nxt_ptr,
         pq = first[:, None, None] + qa
         pp = first[:, None, None] + qb
         vp = pp < end
-        sq = tl.load(loc_ptr + row * W + pq, mask=pq < end, other=0.0)
-        sp = tl.load(loc_ptr + row * W + pp, mask=vp, other=0.0)
+        sq = tl.load(loc_ptr + pbase + pq, mask=pq < end, other=0.0)
+        sp = tl.load(loc_ptr + pbase + pp, mask=vp, other=0.0)
         slope = (sp - sq) / tl.where(qb == qa, 1.0, (qb - qa).to(tl.float64))
         left = tl.max(tl.where(vp & (qb < qa), slope, -float("inf")), axis=2)
         right = tl.min(tl.where(vp & (qb > qa), slope, float("inf")), axis=2)
@@ -342,51 +373,62 @@ def _tile_kernel(x_ptr, lam_ptr, shift_ptr, loc_ptr, tot_ptr, last_ptr, nxt_ptr,
         last = tl.max(tl.where(vertex & (qb <= qa), pp, -1), axis=2)
         nxt = tl.min(tl.where(vertex & (qb >= qa), pp, W), axis=2)
         q = first[:, None] + ga[None, :]
-        tl.store(last_ptr + row * W + q, last.to(last_ptr.dtype.element_ty), mask=q < end)
-        tl.store(nxt_ptr + row * W + q, nxt.to(nxt_ptr.dtype.element_ty), mask=q < end)
+        tl.store(last_ptr + pbase + q, last.to(last_ptr.dtype.element_ty), mask=q < end)
+        tl.store(nxt_ptr + pbase + q, nxt.to(nxt_ptr.dtype.element_ty), mask=q < end)
     tl.debug_barrier()
     # in-tile merge levels: children of G·K^lev points, spliced into the links
-    size = (W * 0).to(tl.int64) + G
+    size = (pid * 0) + G
     steps = 2 * tl.minimum(log_w, LOG_G) + 2
     mine = scratch_ptr + pid * (T // G) * 4
     for _ in range(TLEV):
         span = size * K
         for node in range((end - lo + span - 1) // span):
             node_lo = lo + node * span
-            _merge_node(loc_ptr, loc_ptr, last_ptr, nxt_ptr, scratch_ptr, scratch_ptr,
-                        pid * (T // G) + node * K, row, node_lo, tl.minimum(node_lo + span, end),
-                        size, steps, 0, W, NT, 0, T, K, KP, False)  # fmt: skip
+            _merge_node(loc_ptr, tot_ptr, last_ptr, nxt_ptr, scratch_ptr, scratch_ptr,
+                        scratch_ptr, pid * (T // G) + node * K, seg, pbase, tb, cbase, node_lo,
+                        tl.minimum(node_lo + span, end), size, steps, 0, W, 0, T, K, KP, False,
+                        False)  # fmt: skip
         tl.debug_barrier()
         live = p < end
         at = mine + (k // size) * 4
         lft = tl.load(at, mask=live, other=0)
         rgt = tl.load(at + 1, mask=live, other=0)
-        v = tl.load(last_ptr + row * W + p, mask=live, other=0)
+        v = tl.load(last_ptr + pbase + p, mask=live, other=0)
         v = tl.where(v >= lft, tl.minimum(v, rgt), tl.load(at + 2, mask=live, other=0))
-        w = tl.load(nxt_ptr + row * W + p, mask=live, other=0)
+        w = tl.load(nxt_ptr + pbase + p, mask=live, other=0)
         w = tl.where(w <= rgt, tl.maximum(w, lft), tl.load(at + 3, mask=live, other=0))
         tl.debug_barrier()
-        tl.store(last_ptr + row * W + p, v, mask=live)
-        tl.store(nxt_ptr + row * W + p, w, mask=live)
+        tl.store(last_ptr + pbase + p, v, mask=live)
+        tl.store(nxt_ptr + pbase + p, w, mask=live)
         tl.debug_barrier()
         size = span
         steps = tl.minimum(steps + 2 * LOG_K, 2 * log_w + 2)
 
 
 @triton.jit
-def _merge_kernel(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, W, NT, B, nodes, size, steps,
-                  nlev, out_base, T: tl.constexpr, K: tl.constexpr,
-                  KP: tl.constexpr):  # fmt: skip
-    """One level above the tiles: one program per node of up to K children of ``size`` points."""
+def _merge_kernel(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, ib_ptr, seg_ptr, node_ptr, n,
+                  NT, B, nodes, size, steps, nlev, out_base, T: tl.constexpr, K: tl.constexpr,
+                  KP: tl.constexpr, RAGGED: tl.constexpr):  # fmt: skip
+    """One level above the tiles: one program per node of up to K children of ``size`` points
+    (``RAGGED``: the level's ``(segment, node)`` pairs from ``node_ptr``)."""
     pid = tl.program_id(0).to(tl.int64)
-    row = pid // nodes
-    node = pid % nodes
+    if RAGGED:
+        seg = tl.load(node_ptr + 2 * pid)
+        node = tl.load(node_ptr + 2 * pid + 1)
+    else:
+        seg = pid // nodes
+        node = pid % nodes
+    ebase, n, pbase, tb, cbase = _frame(seg_ptr, csum_ptr, seg, n, NT, pid >= 0, RAGGED)
+    W = n + 1
     node_lo = node * size * K
     node_end = tl.minimum(node_lo + size * K, W)
-    count = (W + size - 1) // size
-    _merge_node(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, info_ptr,
-                out_base + row * count + node * K, row, node_lo, node_end, size, steps, nlev,
-                W, NT, B, T, K, KP, True)  # fmt: skip
+    if RAGGED:
+        first = tl.load(ib_ptr + nlev * B + seg)
+    else:
+        first = out_base + seg * ((W + size - 1) // size)
+    _merge_node(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, ib_ptr, info_ptr,
+                first + node * K, seg, pbase, tb, cbase, node_lo, node_end, size,
+                steps, nlev, W, B, T, K, KP, True, RAGGED)  # fmt: skip
 
 
 @triton.jit
@@ -398,27 +440,43 @@ def _round_bf16_bits(v):
 
 
 @triton.jit
-def _slopes_kernel(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, shift_ptr, perm_ptr, out_ptr,
-                   z_ptr, total, n, W, NT, B, nlev, T: tl.constexpr, K: tl.constexpr,
-                   PERM: tl.constexpr, WRITE_Z: tl.constexpr, OUT_KIND: tl.constexpr,
+def _slopes_kernel(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, ib_ptr, seg_ptr, ids_ptr,
+                   shift_ptr, perm_ptr, out_ptr, z_ptr, total, n, NT, B, nlev, T: tl.constexpr,
+                   K: tl.constexpr, PERM: tl.constexpr, WRITE_Z: tl.constexpr,
+                   OUT_KIND: tl.constexpr, RAGGED: tl.constexpr,
                    BLOCK: tl.constexpr):  # fmt: skip
-    """Element i gets the slope of the hull edge over [i, i+1], plus the row's shift."""
+    """Element i gets the slope of the hull edge over [i, i+1], plus its segment's shift."""
     g = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     live = g < total
-    row = g // n
-    i = g % n
-    left = _walk(last_ptr, info_ptr, row, i, live, W, B, nlev, T, K, True)
-    right = _walk(nxt_ptr, info_ptr, row, i + 1, live, W, B, nlev, T, K, False)
-    right = tl.where(live, right, left + 1)
-    rise = _s(loc_ptr, csum_ptr, row, right, live, W, NT, T, True) - _s(
-        loc_ptr, csum_ptr, row, left, live, W, NT, T, True
+    if RAGGED:
+        seg = tl.load(ids_ptr + g, mask=live, other=0).to(tl.int64)
+    else:
+        seg = g // n
+    ebase, n, pbase, tb, cbase = _frame(seg_ptr, csum_ptr, seg, n, NT, live, RAGGED)
+    W = n + 1
+    i = g - ebase
+    left = tl.load(last_ptr + pbase + i, mask=live, other=0).to(tl.int64)
+    right = tl.load(nxt_ptr + pbase + i + 1, mask=live, other=0).to(tl.int64)
+    left = _step(info_ptr, ib_ptr, seg, i, left, live, W, B, nlev, T, K, True,
+                 RAGGED).to(tl.int64)  # fmt: skip
+    right = _step(info_ptr, ib_ptr, seg, i + 1, right, live, W, B, nlev, T, K, False,
+                  RAGGED).to(tl.int64)  # fmt: skip
+    right = tl.where(live & (right > left), right, left + 1)
+    rise = tl.load(loc_ptr + pbase + right, mask=live, other=0.0) + _offset(
+        csum_ptr, tb, cbase, right, live, T
     )
-    value = rise / (right - left).to(tl.float64) + tl.load(shift_ptr + row, mask=live, other=0.0)
+    rise -= tl.load(loc_ptr + pbase + left, mask=live, other=0.0) + _offset(
+        csum_ptr, tb, cbase, left, live, T
+    )
+    value = rise / (right - left).to(tl.float64) + tl.load(shift_ptr + seg, mask=live, other=0.0)
     if WRITE_Z:
         tl.store(z_ptr + g, value, mask=live)
     dest = g
     if PERM:
-        dest = row * n + tl.load(perm_ptr + g, mask=live, other=0)
+        if RAGGED:  # a flat permutation
+            dest = tl.load(perm_ptr + g, mask=live, other=0)
+        else:
+            dest = ebase + tl.load(perm_ptr + g, mask=live, other=0)
     if OUT_KIND == 0:  # float32, float64: one rounding
         tl.store(out_ptr + dest, value.to(out_ptr.dtype.element_ty), mask=live)
     elif OUT_KIND == 1:  # float16: through float32, as torch converts
@@ -482,56 +540,131 @@ def check_device(t: torch.Tensor) -> None:
 _OUT_KIND = {torch.float16: 1, torch.bfloat16: 2}
 
 
+class _Layout(NamedTuple):
+    """The tables of a ragged list of segments (cached per layout, device and tunables)."""
+
+    segs: torch.Tensor  # (S, 4) int64: element base, length, point base, first tile
+    tile_seg: torch.Tensor  # (tiles,) int64: each tile's segment
+    nodes: list[torch.Tensor]  # per level above the tiles: (nodes, 2) int64 (segment, node)
+    first: torch.Tensor  # (levels·S,) int64: a segment's first child per level (-1: none)
+    points: int
+    tiles: int
+    children: int  # children of all levels (rows of the merge info)
+    steps: list[int]  # bridge search steps per level
+    log_w: int
+
+
+@functools.lru_cache(maxsize=32)
+def _layout(runs: tuple[tuple[int, int], ...], device: torch.device, t: Tuning) -> _Layout:
+    lengths = [d for count, d in runs for _ in range(count)]
+    table, tile_seg = [], []
+    ebase = pbase = tiles = 0
+    for s, n in enumerate(lengths):
+        table.append((ebase, n, pbase, tiles))
+        count = -(-(n + 1) // t.tile)
+        tile_seg += [s] * count
+        ebase, pbase, tiles = ebase + n, pbase + n + 1, tiles + count
+    top = max(lengths) + 1
+    levels = merge_levels(top, t)
+    nodes: list[list[int]] = [[] for _ in range(levels)]
+    first = [-1] * (levels * len(lengths))
+    children = 0
+    for lv in range(levels):
+        size = t.tile * t.width**lv
+        for s, n in enumerate(lengths):
+            if merge_levels(n + 1, t) > lv:
+                count = -(-(n + 1) // size)
+                first[lv * len(lengths) + s] = children
+                children += count
+                for node in range(-(-count // t.width)):
+                    nodes[lv] += [s, node]
+    steps = [2 * ceil_log2(min(t.tile * t.width**lv, top)) + 2 for lv in range(levels)]
+
+    def dev(values: list[int]) -> torch.Tensor:
+        return segments.to_device(torch.tensor(values, dtype=torch.int64), device)
+
+    return _Layout(
+        dev([v for row in table for v in row]), dev(tile_seg), [dev(lv) for lv in nodes],
+        dev(first or [-1]), pbase, tiles, children, steps, ceil_log2(top),
+    )  # fmt: skip
+
+
 class _Tiles(NamedTuple):
-    """What the tile kernel leaves for the merges: local prefix sums, tile offsets, links."""
+    """What the tile kernel leaves for the merges: local prefix sums, the scan of the tile sums
+    (over all tiles, in order), links, and the tiles per row (0 for a ragged list)."""
 
     loc: torch.Tensor
     csum: torch.Tensor
     last: torch.Tensor
     nxt: torch.Tensor
+    per_row: int
 
 
-def _tiles(x: torch.Tensor, lam: torch.Tensor, shift: torch.Tensor, ramp: bool) -> _Tiles:
-    """The tile kernel and the scan of the tile sums over the ``(B, n)`` rows ``x`` (sorted rows
-    with the ramp when ``ramp``)."""
+def _tiles(
+    x: torch.Tensor,
+    lam: torch.Tensor,
+    shift: torch.Tensor,
+    ramp: bool,
+    geo: _Layout | None = None,
+) -> _Tiles:
+    """The tile kernel and the scan of the tile sums: over the ``(B, n)`` rows ``x``, or over
+    the flat segments of ``geo`` (sorted rows with the ramp when ``ramp``)."""
     t = TUNING
-    rows, n = x.shape
-    width = n + 1
-    tiles = -(-width // t.tile)
+    if geo is None:
+        rows, n = x.shape
+        per_row = -(-(n + 1) // t.tile)
+        points, tiles, log_w = rows * (n + 1), rows * per_row, ceil_log2(n + 1)
+    else:
+        n = per_row = 0
+        points, tiles, log_w = geo.points, geo.tiles, geo.log_w
     dev = x.device
-    itype = torch.int32 if rows * width < 2**31 else torch.int64
-    loc = torch.empty((rows, width), dtype=torch.float64, device=dev)
-    sums = torch.empty((rows, tiles), dtype=torch.float64, device=dev)
-    last = torch.empty((rows, width), dtype=itype, device=dev)
+    itype = torch.int32 if points < 2**31 else torch.int64
+    loc = torch.empty(points, dtype=torch.float64, device=dev)
+    sums = torch.empty(tiles, dtype=torch.float64, device=dev)
+    last = torch.empty(points, dtype=itype, device=dev)
     nxt = torch.empty_like(last)
-    scratch = torch.empty((rows * tiles * (t.tile // t.group), 4), dtype=itype, device=dev)
+    scratch = torch.empty((tiles * (t.tile // t.group), 4), dtype=itype, device=dev)
     _launch(
-        _tile_kernel, rows * tiles,
-        x, lam, shift, loc, sums, last, nxt, scratch, n, width, tiles, int(lam.numel() > 1),
-        ceil_log2(width),
-        RAMP=ramp, SORTED=ramp, T=t.tile, G=t.group, CH=min(t.tile, max(t.group, _PAIRS // t.group)),
-        K=t.width, KP=1 << ceil_log2(t.width), LOG_G=ceil_log2(t.group), LOG_K=ceil_log2(t.width),
-        TLEV=tile_levels(t), num_warps=8 if t.tile >= 1024 else 4,
+        _tile_kernel, tiles,
+        x, lam, shift, loc, sums, last, nxt, scratch, shift if geo is None else geo.segs,
+        shift if geo is None else geo.tile_seg, n, per_row, int(lam.numel() > 1), log_w,
+        RAMP=ramp, SORTED=ramp, RAGGED=geo is not None, T=t.tile, G=t.group,
+        CH=min(t.tile, max(t.group, _PAIRS // t.group)), K=t.width, KP=1 << ceil_log2(t.width),
+        LOG_G=ceil_log2(t.group), LOG_K=ceil_log2(t.width), TLEV=tile_levels(t),
+        num_warps=8 if t.tile >= 1024 else 4,
     )  # fmt: skip
-    return _Tiles(loc, sums.cumsum_(dim=1), last, nxt)
+    return _Tiles(loc, sums.cumsum_(dim=0), last, nxt, per_row)
 
 
-def _levels(h: _Tiles, n: int) -> torch.Tensor:
-    """The merge levels above the tiles of rows of ``n`` values: their four integers per child."""
+def _levels(h: _Tiles, n: int, geo: _Layout | None = None) -> torch.Tensor:
+    """The merge levels above the tiles (of rows of ``n`` values, or of ``geo``'s segments):
+    four integers per child."""
     t = TUNING
-    rows, width = h.last.shape
-    tiles = h.csum.shape[1]
+    kp = 1 << ceil_log2(t.width)
+    dev = h.loc.device
+    if geo is not None:
+        info = torch.empty((max(1, geo.children), 4), dtype=h.last.dtype, device=dev)
+        count = geo.segs.shape[0] // 4
+        for lv, (nodes, steps) in enumerate(zip(geo.nodes, geo.steps, strict=True)):
+            _launch(
+                _merge_kernel, nodes.shape[0] // 2,
+                h.loc, h.csum, h.last, h.nxt, info, geo.first, geo.segs, nodes, 0, 0, count, 0,
+                t.tile * t.width**lv, steps, lv, 0, T=t.tile, K=t.width, KP=kp, RAGGED=True,
+            )  # fmt: skip
+        return info
+    width = n + 1
+    rows = h.loc.shape[0] // width
     counts = [-(-width // (t.tile * t.width**lv)) for lv in range(merge_levels(width, t))]
-    info = torch.empty((max(1, rows * sum(counts)), 4), dtype=h.last.dtype, device=h.loc.device)
+    info = torch.empty((max(1, rows * sum(counts)), 4), dtype=h.last.dtype, device=dev)
     base = 0
     for lv, count in enumerate(counts):
         size = t.tile * t.width**lv
         nodes = -(-count // t.width)
         _launch(
             _merge_kernel, rows * nodes,
-            h.loc, h.csum, h.last, h.nxt, info, width, tiles, rows, nodes, size,
-            2 * ceil_log2(min(size, width)) + 2, lv, base,
-            T=t.tile, K=t.width, KP=1 << ceil_log2(t.width),
+            h.loc, h.csum, h.last, h.nxt, info, info, info, info, n, h.per_row, rows, nodes,
+            size, 2 * ceil_log2(min(size, width)) + 2, lv, base,
+            T=t.tile, K=t.width, KP=kp, RAGGED=False,
         )  # fmt: skip
         base += rows * count
     return info
@@ -544,20 +677,28 @@ def _slopes(
     out: torch.Tensor,
     perm: torch.Tensor | None,
     with_z: bool,
+    geo: _Layout | None = None,
+    ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The slopes written into ``out`` (``(B, n)``), scattered through ``perm`` if given.
-    Returns the float64 values in point order if ``with_z`` (the clusters the backward pass
-    needs), else an empty tensor."""
+    """The slopes written into ``out`` (``(B, n)``, or flat for ``geo``'s segments with their
+    ``ids``), scattered through ``perm`` if given. Returns the float64 values in point order if
+    ``with_z`` (the clusters the backward pass needs), else an empty tensor."""
     t = TUNING
-    rows, n = out.shape
-    zs = torch.empty((rows, n) if with_z else (0,), dtype=torch.float64, device=out.device)
+    total = out.numel()
+    if geo is None:
+        rows, n = out.shape
+        count, levels = rows, merge_levels(n + 1, t)
+    else:
+        n, count, levels = 0, geo.segs.shape[0] // 4, len(geo.nodes)
+    zs = torch.empty(out.shape if with_z else (0,), dtype=torch.float64, device=out.device)
     kind = _OUT_KIND.get(out.dtype, 0)
     _launch(
-        _slopes_kernel, -(-(rows * n) // _BLOCK),
-        h.loc, h.csum, h.last, h.nxt, info, shift, shift if perm is None else perm,
-        out.view(torch.int16) if kind == 2 else out, zs, rows * n, n, n + 1, h.csum.shape[1],
-        rows, merge_levels(n + 1, t),
-        T=t.tile, K=t.width, PERM=perm is not None, WRITE_Z=with_z, OUT_KIND=kind, BLOCK=_BLOCK,
+        _slopes_kernel, -(-total // _BLOCK),
+        h.loc, h.csum, h.last, h.nxt, info, info if geo is None else geo.first,
+        info if geo is None else geo.segs, info if ids is None else ids, shift,
+        shift if perm is None else perm, out.view(torch.int16) if kind == 2 else out, zs, total,
+        n, h.per_row, count, levels, T=t.tile, K=t.width, PERM=perm is not None,
+        WRITE_Z=with_z, OUT_KIND=kind, RAGGED=geo is not None, BLOCK=_BLOCK,
     )  # fmt: skip
     return zs
 
@@ -581,6 +722,34 @@ def _prox_rows_impl(
     info = _levels(h, x.shape[1])
     out = torch.empty_like(x)
     return out, perm, _slopes(h, info, shift, out, perm, with_z)
+
+
+def prox_ragged_triton(
+    rows: list[torch.Tensor], lams: list[float | torch.Tensor]
+) -> list[torch.Tensor]:
+    """The prox of ``(B_i, d_i)`` row sets of one dtype and CUDA device (or the interpreter),
+    ``d_i >= 2``, as one pipeline over their concatenation: one ``sort_segments``, then tiles,
+    merges and slopes over the segments (tiles never cross a segment), no padding."""
+    device, dtype = rows[0].device, rows[0].dtype
+    runs = tuple((r.shape[0], r.shape[1]) for r in rows)
+    seg = segments.layout(runs, device)
+    geo = _layout(runs, device, TUNING)
+    ids = seg.ids()
+    flat = torch.cat([r.reshape(-1) for r in rows])
+    xs, perm = seg.sort(flat, ids)
+    sums = torch.zeros(seg.count, dtype=torch.float64, device=device)
+    shift = sums.index_add_(0, ids, xs.to(torch.float64)).div_(seg.lengths)
+    lam = ragged.segment_strengths(rows, lams, device)
+    if isinstance(lam, float):
+        lam = torch.full((1,), lam, dtype=torch.float64, device=device)
+    h = _tiles(xs, lam, shift, True, geo)
+    del xs
+    info = _levels(h, 0, geo)
+    out = torch.empty_like(flat)
+    _slopes(h, info, shift, out, perm, False, geo, ids)
+    return [
+        part.view(b, d) for part, (b, d) in zip(out.split([b * d for b, d in runs]), runs, strict=True)
+    ]
 
 
 def _isotonic_fake(y: torch.Tensor) -> torch.Tensor:
@@ -676,6 +845,28 @@ class TritonBackend(Backend):
         if not is_active(rows.shape[1], lam):
             return super().prox_rows(rows, lam, with_z)
         return prox_rows_triton(rows, lam, with_z)
+
+    def prox_packed(
+        self, rows: list[torch.Tensor], lams: list[float | torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """As ``Backend.prox_packed``, but row sets of different lengths go through one tiled
+        pipeline over their concatenation (``prox_ragged_triton``): no padding at all."""
+        outs: list[torch.Tensor | None] = [
+            r.clone() if not is_active(r.shape[1], lam) else None
+            for r, lam in zip(rows, lams, strict=True)
+        ]
+        todo = [i for i, out in enumerate(outs) if out is None]
+        if todo:
+            chosen, chosen_lams = [rows[i] for i in todo], [lams[i] for i in todo]
+            if len({r.shape[1] for r in chosen}) == 1:  # nothing ragged
+                strengths = stacked_strengths(chosen, chosen_lams)
+                out, _, _ = self.prox_rows(torch.cat(chosen), strengths, False)
+                solved = list(out.split([r.shape[0] for r in chosen]))
+            else:
+                solved = prox_ragged_triton(chosen, chosen_lams)
+            for i, part in zip(todo, solved, strict=True):
+                outs[i] = part
+        return [out for out in outs if out is not None]
 
 
 BACKEND = TritonBackend()

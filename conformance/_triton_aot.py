@@ -26,23 +26,35 @@ def variants() -> list[tuple[Any, dict[str, str], dict[str, object]]]:
                 KP=1 << (t.width - 1).bit_length(), LOG_G=(t.group - 1).bit_length(),
                 LOG_K=(t.width - 1).bit_length(), TLEV=th.tile_levels(t))  # fmt: skip
     out: list[tuple[Any, dict[str, str], dict[str, object]]] = []
-    ints = dict(n="i32", W="i32", NT="i32", lam_stride="i32", log_w="i32")
-    for x, ramp in (("*fp32", True), ("*fp64", True), ("*fp16", True), ("*bf16", True),
-                    ("*fp32", False), ("*fp64", False)):  # fmt: skip
+    ints = dict(n="i32", NT="i32", lam_stride="i32", log_w="i32")
+    links = dict(last_ptr="*i32", nxt_ptr="*i32")
+    for x, ramp, ragged in (("*fp32", True, False), ("*fp64", True, False),
+                            ("*fp16", True, False), ("*bf16", True, False),
+                            ("*fp32", False, False), ("*fp64", False, False),
+                            ("*fp32", True, True), ("*bf16", True, True)):  # fmt: skip
+        tables = dict(seg_ptr="*i64", tseg_ptr="*i64") if ragged else {}
         sig = dict(x_ptr=x, lam_ptr="*fp64", shift_ptr="*fp64", loc_ptr="*fp64", tot_ptr="*fp64",
-                   last_ptr="*i32", nxt_ptr="*i32", scratch_ptr="*i32", **ints)  # fmt: skip
-        out.append((th._tile_kernel, sig, dict(RAMP=ramp, SORTED=ramp, **shape, **tile)))
-    sig = dict(loc_ptr="*fp64", csum_ptr="*fp64", last_ptr="*i32", nxt_ptr="*i32",
-               info_ptr="*i32", W="i32", NT="i32", B="i32", nodes="i32", size="i64",
-               steps="i32", nlev="i32", out_base="i64")  # fmt: skip
-    out.append((th._merge_kernel, sig, dict(**shape, KP=tile["KP"])))
+                   scratch_ptr="*i32", seg_ptr="*fp64", tseg_ptr="*fp64", **links, **ints)  # fmt: skip
+        sig.update(tables)
+        consts = dict(RAMP=ramp, SORTED=ramp, RAGGED=ragged, **shape, **tile)
+        out.append((th._tile_kernel, sig, consts))
+    for ragged in (False, True):
+        table = "*i64" if ragged else "*i32"
+        sig = dict(loc_ptr="*fp64", csum_ptr="*fp64", **links, info_ptr="*i32", ib_ptr=table,
+                   seg_ptr=table, node_ptr=table, n="i32", NT="i32", B="i32", nodes="i32",
+                   size="i64", steps="i32", nlev="i32", out_base="i64")  # fmt: skip
+        out.append((th._merge_kernel, sig, dict(**shape, KP=tile["KP"], RAGGED=ragged)))
     outs = (("*fp32", 0), ("*fp64", 0), ("*fp16", 1), ("*i16", 2))
-    for (dst, kind), perm in itertools.product(outs, (True, False)):
-        sig = dict(loc_ptr="*fp64", csum_ptr="*fp64", last_ptr="*i32", nxt_ptr="*i32",
-                   info_ptr="*i32", shift_ptr="*fp64", perm_ptr="*i64" if perm else "*fp64",
-                   out_ptr=dst, z_ptr="*fp64", total="i64", n="i32", W="i32", NT="i32",
-                   B="i32", nlev="i32")  # fmt: skip
-        consts = dict(**shape, PERM=perm, WRITE_Z=perm, OUT_KIND=kind, BLOCK=th._BLOCK)
+    for (dst, kind), perm, ragged in itertools.product(outs, (True, False), (False, True)):
+        if ragged and not perm:
+            continue  # the ragged pass always unsorts
+        table = "*i64" if ragged else "*i32"
+        sig = dict(loc_ptr="*fp64", csum_ptr="*fp64", **links, info_ptr="*i32", ib_ptr=table,
+                   seg_ptr=table, ids_ptr=table, shift_ptr="*fp64",
+                   perm_ptr="*i64" if perm else "*fp64", out_ptr=dst, z_ptr="*fp64",
+                   total="i64", n="i32", NT="i32", B="i32", nlev="i32")  # fmt: skip
+        consts = dict(**shape, PERM=perm, WRITE_Z=perm and not ragged, OUT_KIND=kind,
+                      RAGGED=ragged, BLOCK=th._BLOCK)  # fmt: skip
         out.append((th._slopes_kernel, sig, consts))
     return out
 

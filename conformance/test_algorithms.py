@@ -505,7 +505,7 @@ def test_triton_kernels_compile_for_a_gpu(tmp_path) -> None:  # type: ignore[no-
     assert run.returncode == 0, run.stderr[-3000:]
     from conformance._triton_aot import variants
 
-    assert run.stdout.count(": sm_90 ok") == len(variants()) == 15, run.stdout
+    assert run.stdout.count(": sm_90 ok") == len(variants()) == 22, run.stdout
 
 
 # ---------------------------------------------------------------------------------------------
@@ -587,3 +587,36 @@ def test_triton_tunables_are_checked(bad: tuple[int, int, int]) -> None:
         with triton_hull.tuning(*bad):
             pass
     assert triton_hull.TUNING == before
+
+
+@pytest.mark.req("ALG-18")
+@pytest.mark.parametrize("tun", [(16, 4, 2), (16, 4, 4), (4096, 32, 16)], ids=str)
+def test_triton_ragged_is_one_unpadded_pipeline(tun: tuple[int, int, int]) -> None:
+    """Ragged row sets: one tile kernel, merges per level of the longest segment, one slopes
+    kernel over N + S points; equal to the reference per row with per-row strengths."""
+    need("triton", "cpu")
+    from weightshare._isotonic import triton_hull
+    from weightshare.reference import prox_pava
+
+    rng = np.random.default_rng(8)
+    rows = [
+        rng.normal(size=(2, 40)),
+        rng.integers(-2, 3, size=(5, 3)).astype(float),  # many short rows, exact ties
+        np.sort(rng.normal(size=(1, 70))),
+        -np.arange(17.0).reshape(1, 17),
+    ]
+    lams: list[float | torch.Tensor] = [0.3, torch.tensor([0.5, 0.1, 2.0, 1e8, 0.0]), 0.2, 0.7]
+    tensors = [torch.from_numpy(r) for r in rows]
+    with triton_hull.tuning(*tun), triton_hull.record_launches() as names:
+        outs = triton_hull.prox_ragged_triton(tensors, lams)
+        layout = triton_hull._layout(
+            tuple((r.shape[0], r.shape[1]) for r in rows), torch.device("cpu"), triton_hull.TUNING
+        )
+    levels = triton_hull.merge_levels(71, triton_hull.Tuning(*tun))
+    assert names == ["_tile_kernel"] + ["_merge_kernel"] * levels + ["_slopes_kernel"]
+    values = sum(r.size for r in rows)
+    assert layout.points == values + sum(r.shape[0] for r in rows)  # N + S: nothing padded
+    for out, r, lam in zip(outs, rows, lams, strict=True):
+        strengths = lam.tolist() if isinstance(lam, torch.Tensor) else [lam] * r.shape[0]
+        for got, row, s in zip(out.numpy(), r, strengths, strict=True):
+            np.testing.assert_allclose(got, prox_pava(row, s), rtol=0, atol=1e-9)

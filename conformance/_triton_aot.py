@@ -33,8 +33,9 @@ def variants() -> list[tuple[Any, dict[str, str], dict[str, object]]]:
                             ("*fp32", False, False), ("*fp64", False, False),
                             ("*fp32", True, True), ("*bf16", True, True)):  # fmt: skip
         tables = dict(seg_ptr="*i64", tseg_ptr="*i64") if ragged else {}
-        sig = dict(x_ptr=x, lam_ptr="*fp64", shift_ptr="*fp64", loc_ptr="*fp64", tot_ptr="*fp64",
-                   scratch_ptr="*i32", seg_ptr="*fp64", tseg_ptr="*fp64", **links, **ints)  # fmt: skip
+        sig = dict(x_ptr=x, lam_ptr="*fp64", shift_ptr="*fp64", loc_ptr="*fp64",
+                   tot_ptr="*fp64", scratch_ptr="*i32", seg_ptr="*fp64", tseg_ptr="*fp64",
+                   **links, **ints)  # fmt: skip
         sig.update(tables)
         consts = dict(RAMP=ramp, SORTED=ramp, RAGGED=ragged, **shape, **tile)
         out.append((th._tile_kernel, sig, consts))

@@ -583,7 +583,7 @@ def test_triton_tunables_are_checked(bad: tuple[int, int, int]) -> None:
     from weightshare._isotonic import triton_hull
 
     before = triton_hull.TUNING
-    with pytest.raises(ValueError, match="tile and group|merge width"):
+    with pytest.raises(ValueError, match=r"tile and group|merge width"):
         with triton_hull.tuning(*bad):
             pass
     assert triton_hull.TUNING == before

@@ -215,12 +215,14 @@ def _bridge(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, ib_ptr, seg, pbase, 
     sa = tl.zeros(lo_a.shape, tl.float64)
     s_c = sa
     for _ in range(steps):
-        pa, la, ra, sa, s_la, s_ra = _probe(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr,
-                                            ib_ptr, seg, pbase, tb, cbase, lo_a, hi_a, lower_a,
-                                            upper_a, live, W, B, nlev, T, K, OFFSETS, RAGGED)  # fmt: skip
-        pc, lc, rc, s_c, s_lc, s_rc = _probe(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr,
-                                             ib_ptr, seg, pbase, tb, cbase, lo_c, hi_c, lower_c,
-                                             upper_c, live, W, B, nlev, T, K, OFFSETS, RAGGED)  # fmt: skip
+        pa, la, ra, sa, s_la, s_ra = _probe(
+            loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, ib_ptr, seg, pbase, tb, cbase, lo_a,
+            hi_a, lower_a, upper_a, live, W, B, nlev, T, K, OFFSETS, RAGGED,
+        )  # fmt: skip
+        pc, lc, rc, s_c, s_lc, s_rc = _probe(
+            loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, ib_ptr, seg, pbase, tb, cbase, lo_c,
+            hi_c, lower_c, upper_c, live, W, B, nlev, T, K, OFFSETS, RAGGED,
+        )  # fmt: skip
         dy_la = s_la - sa
         dy_ra = s_ra - sa
         dy_c = s_c - sa
@@ -286,7 +288,7 @@ def _merge_node(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, ib_ptr, out_ptr,
     left_end = tl.where(left_end < 0, lo_k, left_end)
     right_end = tl.where(right_end >= W, tl.minimum(lo_k + size, node_end) - 1, right_end)
     keep = has & (s_left < s_right)
-    l = tl.where(keep, left_end, W)  # noqa: E741
+    l = tl.where(keep, left_end, W)
     r = tl.where(keep, right_end, -1)
     prev_r = tl.max(tl.where((i < j) & keep[:, None], r[:, None], -1), axis=0)
     next_l = tl.min(tl.where((i < j) & keep[None, :], l[None, :], W), axis=1)
@@ -418,7 +420,7 @@ def _merge_kernel(loc_ptr, csum_ptr, last_ptr, nxt_ptr, info_ptr, ib_ptr, seg_pt
     else:
         seg = pid // nodes
         node = pid % nodes
-    ebase, n, pbase, tb, cbase = _frame(seg_ptr, csum_ptr, seg, n, NT, pid >= 0, RAGGED)
+    _, n, pbase, tb, cbase = _frame(seg_ptr, csum_ptr, seg, n, NT, pid >= 0, RAGGED)
     W = n + 1
     node_lo = node * size * K
     node_end = tl.minimum(node_lo + size * K, W)
@@ -730,7 +732,7 @@ def prox_ragged_triton(
     """The prox of ``(B_i, d_i)`` row sets of one dtype and CUDA device (or the interpreter),
     ``d_i >= 2``, as one pipeline over their concatenation: one ``sort_segments``, then tiles,
     merges and slopes over the segments (tiles never cross a segment), no padding."""
-    device, dtype = rows[0].device, rows[0].dtype
+    device = rows[0].device
     runs = tuple((r.shape[0], r.shape[1]) for r in rows)
     seg = segments.layout(runs, device)
     geo = _layout(runs, device, TUNING)
@@ -747,9 +749,8 @@ def prox_ragged_triton(
     info = _levels(h, 0, geo)
     out = torch.empty_like(flat)
     _slopes(h, info, shift, out, perm, False, geo, ids)
-    return [
-        part.view(b, d) for part, (b, d) in zip(out.split([b * d for b, d in runs]), runs, strict=True)
-    ]
+    parts = out.split([b * d for b, d in runs])
+    return [part.view(b, d) for part, (b, d) in zip(parts, runs, strict=True)]
 
 
 def _isotonic_fake(y: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,10 @@ $T$, the group size $G$ and the merge width $K$. One prox of a ``(B, d)`` batch 
    level above the tiles), the slope plus the shift, cast, scattered through the sort permutation.
 
 Launches: $L + 5$ plus ``full`` ($\lceil\log_K\lceil (d+1)/T\rceil\rceil + 6$), whatever the
-data: no host synchronization, no data-dependent shape.
+data: no host synchronization, no data-dependent shape. A ragged list of row sets
+(:func:`prox_ragged_triton`, ``TritonBackend.prox_packed``) runs the same kernels once over the
+concatenated segments (``RAGGED``: per-segment tables instead of row arithmetic; tiles and nodes
+never straddle a segment; no padding).
 
 The K-way rule (checked in exact arithmetic by the design notes' oracle): for the children
 $H_0..H_{K-1}$ of a node (x-ordered) and $B(i, j)$ the bridge (lower common tangent) of $H_i$ and
@@ -790,7 +793,7 @@ def isotonic_triton(y: torch.Tensor) -> torch.Tensor:
 
     Returns:
         A new ``(B, n)`` tensor of ``y``'s dtype and device; float64 accumulation, no host
-        synchronization, ``⌈log_K⌈(n+1)/T⌉⌉ + 5`` launches (``mean`` and a scan included).
+        synchronization, ``⌈log_K⌈(n+1)/T⌉⌉ + 4`` launches (``mean`` and a scan included).
     """
     check_rows(y, "isotonic_triton")
     check_device(y)

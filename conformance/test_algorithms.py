@@ -485,6 +485,16 @@ def test_gpu_benchmark_stages_compose_to_the_prox() -> None:
         for fn in calls.values():
             fn()
     np.testing.assert_allclose(out.numpy()[0], prox_pava(v[0], 0.3), rtol=0, atol=1e-12)
+    parts = list(np.random.default_rng(6).normal(size=(3, 50)))
+    parts[1] = parts[1][:7]
+    flat = torch.full((107,), np.nan, dtype=torch.float64)
+    with triton_hull.tuning(16, 4, 4):
+        calls = gpu.ragged_stage_calls([torch.from_numpy(p) for p in parts], 0.3, flat)
+        assert list(calls) == ["sort", "partition", "tiles", "merges", "slopes"]
+        for fn in calls.values():
+            fn()
+    want = np.concatenate([prox_pava(p, 0.3) for p in parts])
+    np.testing.assert_allclose(flat.numpy(), want, rtol=0, atol=1e-12)
 
 
 @pytest.mark.req("ALG-13")

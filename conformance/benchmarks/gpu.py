@@ -4,7 +4,7 @@
 device and in one run: single vectors of d = 2^16..2^26, a 4096 x 4096 batch of rows and a
 ``prox_many`` over every conv/linear weight of a ResNet-50, float32 and float64, random and chain
 inputs; and the time per stage of one prox (sort, partition for ragged lists, tiles, merges,
-slopes; ``stage_calls``). Times are medians of CUDA-event intervals after a warm-up; every ratio
+slopes; ``stage_calls``, ``ragged_stage_calls``). Times are medians of CUDA-event intervals after a warm-up; every ratio
 divides by a baseline measured in the same run. It writes ``gpu_bench.json`` and
 ``gpu_bench.md`` to DIR.
 """
@@ -145,6 +145,52 @@ def stage_calls(
     }
 
 
+def ragged_stage_calls(
+    tensors: list[torch.Tensor], lam: float, out: torch.Tensor | None = None
+) -> dict[str, Callable[[], object]]:
+    """As :func:`stage_calls` for the ragged pass of ``prox_many`` over ``tensors`` (each its own
+    vector): the flat stable sort, the stable partition by segment id (a stable sort of the
+    sorted values' int32 ids and two gathers), tiles, merges and slopes; the slopes stage writes
+    the concatenated prox into ``out`` (a new flat buffer if None)."""
+    from weightshare import _segments as segments
+    from weightshare._isotonic import triton_hull as th
+
+    device = tensors[0].device
+    runs = tuple((1, t.numel()) for t in tensors)
+    seg = segments.layout(runs, device)
+    geo = th._layout(runs, device, th.TUNING)
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    ids = seg.ids()
+    _, order = torch.sort(flat, stable=True)
+    keys = ids.to(torch.int32)[order]
+
+    def partition() -> tuple[torch.Tensor, torch.Tensor]:
+        _, part = torch.sort(keys, stable=True)
+        moved = order[part]
+        return flat[moved], moved
+
+    xs, perm = seg.sort(flat, ids)
+    sums = torch.zeros(seg.count, dtype=torch.float64, device=device)
+    shift = sums.index_add_(0, ids, xs.to(torch.float64)).div_(seg.lengths)
+    lam_t = torch.full((1,), lam, dtype=torch.float64, device=device)
+    tiles = th._tiles(xs, lam_t, shift, True, geo)
+    info = th._levels(tiles, 0, geo)
+    out = torch.empty_like(flat) if out is None else out
+    return {
+        "sort": lambda: torch.sort(flat, stable=True),
+        "partition": partition,
+        "tiles": lambda: th._tiles(xs, lam_t, shift, True, geo),
+        "merges": lambda: th._levels(tiles, 0, geo),
+        "slopes": lambda: th._slopes(tiles, info, shift, out, perm, False, geo, ids),
+    }
+
+
+def _ragged_stages(record: Record, dtype: torch.dtype) -> None:
+    weights = [_input("random", s, dtype) for s in resnet50_weight_shapes()]
+    for what, fn in ragged_stage_calls(weights, 1e-3).items():
+        record("stages resnet50", dtype, "random", what, cuda_ms(fn, budget_s=0.2))
+
+
 def _stages(record: Record, dtype: torch.dtype, d: int) -> None:
     x = _input("random", (1, d), dtype)
     case = f"stages d=2^{int(math.log2(d))}"
@@ -167,6 +213,7 @@ def run(quick: bool = False) -> list[dict]:
                     _vector(record, dtype, kind, d)
             for d in SIZES[:2] if quick else SIZES[::2]:
                 _stages(record, dtype, d)
+            _ragged_stages(record, dtype)
             _batch(record, dtype)
             _resnet50(record, dtype)
         records.append(_memory(2**20 if quick else 2**26))

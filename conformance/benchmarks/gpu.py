@@ -5,8 +5,8 @@ device and in one run: single vectors of d = 2^16..2^26, a 4096 x 4096 batch of 
 ``prox_many`` over every conv/linear weight of a ResNet-50, float32 and float64, random and chain
 inputs; and the time per stage of one prox (sort, partition for ragged lists, tiles, merges,
 slopes; ``stage_calls``, ``ragged_stage_calls``). Times are medians of CUDA-event intervals
-after a warm-up; every ratio divides by a baseline measured in the same run. It writes ``gpu_bench.json`` and
-``gpu_bench.md`` to DIR.
+after a warm-up; every ratio divides by a baseline measured in the same run. It writes
+``gpu_bench.json`` and ``gpu_bench.md`` to DIR.
 """
 
 from __future__ import annotations

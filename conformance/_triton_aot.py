@@ -20,26 +20,42 @@ def variants() -> list[tuple[Any, dict[str, str], dict[str, object]]]:
     """(kernel, signature of the runtime arguments, constexprs) for every variant the op uses."""
     from weightshare._isotonic import triton_hull as th
 
+    t = th.TUNING
+    shape = dict(T=t.tile, K=t.width)
+    tile = dict(G=t.group, CH=min(t.tile, max(t.group, th._PAIRS // t.group)),
+                KP=1 << (t.width - 1).bit_length(), LOG_G=(t.group - 1).bit_length(),
+                LOG_K=(t.width - 1).bit_length(), TLEV=th.tile_levels(t))  # fmt: skip
     out: list[tuple[Any, dict[str, str], dict[str, object]]] = []
-    for x, sorted_pad in (("*fp32", True), ("*fp64", True), ("*fp16", True), ("*bf16", True),
-                          ("*fp32", False), ("*fp64", False)):  # fmt: skip
-        sig = dict(x_ptr=x, lam_ptr="*fp64", shift_ptr="*fp64", pad_ptr=x, z_ptr="*fp64",
-                   total="i64", n="i32", width="i32", lam_stride="i32")  # fmt: skip
-        out.append((th._prepare_kernel, sig, dict(RAMP=sorted_pad, SORTED_PAD=sorted_pad)))
+    ints = dict(n="i32", NT="i32", lam_stride="i32", log_w="i32")
     links = dict(last_ptr="*i32", nxt_ptr="*i32")
-    for identity in (True, False):
-        sig = dict(s_ptr="*fp64", **links, a_out="*i32", c_out="*i32", total="i64",
-                   blocks="i32", width="i32", h="i32", hc="i32", steps="i32")  # fmt: skip
-        out.append((th._bridge_kernel, sig, dict(IDENTITY=identity)))
-        sig = dict(**links, a_ptr="*i32", c_ptr="*i32", total="i64", blocks="i32", width="i32",
-                   span="i32")  # fmt: skip
-        out.append((th._splice_kernel, sig, dict(FIRST=identity)))
+    for x, ramp, ragged in (("*fp32", True, False), ("*fp64", True, False),
+                            ("*fp16", True, False), ("*bf16", True, False),
+                            ("*fp32", False, False), ("*fp64", False, False),
+                            ("*fp32", True, True), ("*bf16", True, True)):  # fmt: skip
+        tables = dict(seg_ptr="*i64", tseg_ptr="*i64") if ragged else {}
+        sig = dict(x_ptr=x, lam_ptr="*fp64", shift_ptr="*fp64", loc_ptr="*fp64",
+                   tot_ptr="*fp64", scratch_ptr="*i32", seg_ptr="*fp64", tseg_ptr="*fp64",
+                   **links, **ints)  # fmt: skip
+        sig.update(tables)
+        consts = dict(RAMP=ramp, SORTED=ramp, RAGGED=ragged, **shape, **tile)
+        out.append((th._tile_kernel, sig, consts))
+    for ragged in (False, True):
+        table = "*i64" if ragged else "*i32"
+        sig = dict(loc_ptr="*fp64", csum_ptr="*fp64", **links, info_ptr="*i32", ib_ptr=table,
+                   seg_ptr=table, node_ptr=table, n="i32", NT="i32", B="i32", nodes="i32",
+                   size="i64", steps="i32", nlev="i32", out_base="i64")  # fmt: skip
+        out.append((th._merge_kernel, sig, dict(**shape, KP=tile["KP"], RAGGED=ragged)))
     outs = (("*fp32", 0), ("*fp64", 0), ("*fp16", 1), ("*i16", 2))
-    for (dst, kind), identity, perm in itertools.product(outs, (True, False), (True, False)):
-        sig = dict(s_ptr="*fp64", **links, a_final_ptr="*i32", shift_ptr="*fp64",
-                   perm_ptr="*i64" if perm else "*i32", out_ptr=dst, z_ptr="*fp64",
-                   total="i64", n="i32", width="i32")  # fmt: skip
-        consts = dict(IDENTITY=identity, PERM=perm, WRITE_Z=perm, OUT_KIND=kind)
+    for (dst, kind), perm, ragged in itertools.product(outs, (True, False), (False, True)):
+        if ragged and not perm:
+            continue  # the ragged pass always unsorts
+        table = "*i64" if ragged else "*i32"
+        sig = dict(loc_ptr="*fp64", csum_ptr="*fp64", **links, info_ptr="*i32", ib_ptr=table,
+                   seg_ptr=table, ids_ptr=table, shift_ptr="*fp64",
+                   perm_ptr="*i64" if perm else "*fp64", out_ptr=dst, z_ptr="*fp64",
+                   total="i64", n="i32", NT="i32", B="i32", nlev="i32")  # fmt: skip
+        consts = dict(**shape, PERM=perm, WRITE_Z=perm and not ragged, OUT_KIND=kind,
+                      RAGGED=ragged, BLOCK=th._BLOCK)  # fmt: skip
         out.append((th._slopes_kernel, sig, consts))
     return out
 
@@ -55,8 +71,6 @@ def main() -> int:
     target = GPUTarget(*TARGET)
     for kernel, sig, consts in variants():
         names = kernel.arg_names
-        block = 128 if kernel.fn.__name__ == "_bridge_kernel" else 1024
-        consts = {**consts, "BLOCK": block}
         signature = {name: sig.get(name, "constexpr") for name in names}
         src = ASTSource(kernel, signature, {(names.index(k),): v for k, v in consts.items()})
         compiled = triton.compile(src, target=target)

@@ -287,16 +287,31 @@ def test_benchmark_bodies_run() -> None:
 # "triton": launches, edge cases, integration (in Triton's interpreter without CUDA)
 
 
-@pytest.mark.req("ALG-13")
+@pytest.mark.req("ALG-13", "ALG-16")
 @pytest.mark.parametrize("d", depth.TRITON_SIZES)
 def test_triton_launches_within_budget(d: int) -> None:
     need("triton", "cpu")
+    from weightshare._isotonic import triton_hull
+
     ops, names = depth.measure_triton(d)
-    levels = math.ceil(math.log2(d))
-    # per level from 2 on: one bridge search and one splice; then prepare, final bridge, slopes
-    assert len(names) == 2 * (levels - 1) + 3, names
+    levels = triton_hull.merge_levels(d + 1, triton_hull.TUNING)
+    # the tile kernel, one merge kernel per level above the tiles, the slopes kernel
+    assert names == ["_tile_kernel"] + ["_merge_kernel"] * levels + ["_slopes_kernel"], names
     assert ops.syncs == 0, ops.by_name
-    assert ops.ops + len(names) <= depth.launch_budget(d), (ops.by_name, names)
+    assert ops.ops + len(names) == depth.launch_budget(d), (ops.by_name, names)
+
+
+@pytest.mark.req("ALG-16")
+def test_triton_launches_meet_the_issue_goal() -> None:
+    """At most 14 launches at d = 2^16, and at most 4 more at 2^18 than at 2^12."""
+    need("triton", "cpu")
+
+    def launches(d: int) -> int:
+        ops, names = depth.measure_triton(d, run=False)
+        return ops.ops + len(names)
+
+    assert launches(2**16) <= 14
+    assert launches(2**18) - launches(2**12) <= 4
 
 
 @pytest.mark.req("ALG-13")
@@ -443,9 +458,43 @@ def test_gpu_benchmark_cases_and_table() -> None:
         for w, ms in (("sort", 0.2), ("triton", 0.6), ("hull", 120.0), ("search", 30.0))
     ]
     records.append({"case": "memory d=2^26", "dtype": "torch.float32", "peak_extra_over_input": 7})
+    records += [
+        {"case": "stages d=2^20", "dtype": "torch.float32", "input": "random", "what": w, "ms": ms}
+        for w, ms in (("sort", 0.2), ("tiles", 0.1), ("merges", 0.05), ("slopes", 0.15))
+    ]
     table = gpu_tables.render(records)
     assert "| d=2^20 | float32 | random | 0.200 | 0.600 | 3.00 | 200.0 | 50.0 |" in table
+    assert "| d=2^20 | float32 | 0.200 | — | 0.100 | 0.050 | 0.150 | 2.50 |" in table
     assert "7.00x the input's bytes" in table
+
+
+@pytest.mark.req("ALG-11")
+def test_gpu_benchmark_stages_compose_to_the_prox() -> None:
+    """The per-stage callables of the GPU benchmark run (here in the interpreter) and, run in
+    order, write the prox."""
+    need("triton", "cpu")
+    from conformance.benchmarks import gpu
+    from weightshare._isotonic import triton_hull
+    from weightshare.reference import prox_pava
+
+    v = np.random.default_rng(4).normal(size=(1, 300))
+    out = torch.full((1, 300), np.nan, dtype=torch.float64)
+    with triton_hull.tuning(64, 8, 4):  # 5 tiles, 2 merge levels
+        calls = gpu.stage_calls(torch.from_numpy(v), 0.3, out)
+        assert list(calls) == ["sort", "tiles", "merges", "slopes"]
+        for fn in calls.values():
+            fn()
+    np.testing.assert_allclose(out.numpy()[0], prox_pava(v[0], 0.3), rtol=0, atol=1e-12)
+    parts = list(np.random.default_rng(6).normal(size=(3, 50)))
+    parts[1] = parts[1][:7]
+    flat = torch.full((107,), np.nan, dtype=torch.float64)
+    with triton_hull.tuning(16, 4, 4):
+        calls = gpu.ragged_stage_calls([torch.from_numpy(p) for p in parts], 0.3, flat)
+        assert list(calls) == ["sort", "partition", "tiles", "merges", "slopes"]
+        for fn in calls.values():
+            fn()
+    want = np.concatenate([prox_pava(p, 0.3) for p in parts])
+    np.testing.assert_allclose(flat.numpy(), want, rtol=0, atol=1e-12)
 
 
 @pytest.mark.req("ALG-13")
@@ -466,4 +515,118 @@ def test_triton_kernels_compile_for_a_gpu(tmp_path) -> None:  # type: ignore[no-
     assert run.returncode == 0, run.stderr[-3000:]
     from conformance._triton_aot import variants
 
-    assert run.stdout.count(": sm_90 ok") == len(variants()) == 26, run.stdout
+    assert run.stdout.count(": sm_90 ok") == len(variants()) == 22, run.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# "triton" with small tunables: several tiles and merge levels at interpreter-friendly sizes
+
+#: (tile T, group G, merge width K)
+SMALL_TUNINGS = [(16, 4, 2), (16, 4, 3), (16, 4, 4), (8, 2, 2)]
+
+
+def _adversarial(d: int, seed: int) -> dict[str, np.ndarray]:
+    """Equal-length rows of the adversarial families, by name."""
+    rng = np.random.default_rng(seed)
+    return {
+        "random": rng.normal(size=d),
+        "integers": rng.integers(-3, 4, size=d).astype(float),  # exact ties and collinearity
+        "sorted": np.sort(rng.normal(size=d)),
+        "reversed": np.sort(rng.normal(size=d))[::-1].copy(),
+        "constant": np.full(d, 1.5),
+        "chain": chain_y(d, 1.0) if d > 1 else np.zeros(d),
+    }
+
+
+@pytest.mark.req("ALG-17")
+@pytest.mark.parametrize("tun", SMALL_TUNINGS, ids=str)
+@pytest.mark.parametrize("d", [1, 2, 3, 15, 17, 70])
+def test_triton_tunables_isotonic_equals_pava(tun: tuple[int, int, int], d: int) -> None:
+    """Every family in one batch of rows, across tile boundaries (d = T ± 1) and merge levels."""
+    need("triton", "cpu")
+    from weightshare._isotonic import triton_hull
+
+    if d == 70:  # the smallest d with two or more merge levels above the tiles
+        d = {(16, 4, 2): 40, (16, 4, 3): 50, (8, 2, 2): 40}.get(tun, d)
+    names, rows = zip(*_adversarial(d, d).items(), strict=True)
+    y = np.stack(rows)
+    with triton_hull.tuning(*tun):
+        out = triton_hull.isotonic_triton(torch.from_numpy(y)).numpy()
+    for name, got, row in zip(names, out, y, strict=True):
+        np.testing.assert_allclose(got, pava(row), rtol=0, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.req("ALG-17")
+@pytest.mark.parametrize("tun", SMALL_TUNINGS[:3], ids=str)
+def test_triton_tunables_prox_equals_reference(tun: tuple[int, int, int]) -> None:
+    """The prox with small tiles: strengths 0, tiny, moderate and huge; many short rows; a
+    ragged list with a length-1 tensor among long ones."""
+    need("triton", "cpu")
+    from weightshare._isotonic import triton_hull
+    from weightshare.reference import prox_pava
+
+    prox, _ = _prox_api()
+    from weightshare import prox_many
+
+    rng = np.random.default_rng(5)
+    v = rng.normal(size=37)
+    short = rng.integers(-2, 3, size=(12, 5)).astype(float)
+    ragged = [rng.normal(size=40), np.array([0.7]), rng.normal(size=19)]
+    with triton_hull.tuning(*tun):
+        for lam in (0.0, 1e-12, 0.4, 1e8):
+            got = prox(torch.from_numpy(v), lam, method="triton").numpy()
+            np.testing.assert_allclose(got, prox_pava(v, lam), rtol=0, atol=1e-9)
+        got = prox(torch.from_numpy(short), 0.5, dim=1, method="triton").numpy()
+        for g, r in zip(got, short, strict=True):
+            np.testing.assert_allclose(g, prox_pava(r, 0.5), rtol=0, atol=1e-12)
+        outs = prox_many([torch.from_numpy(r) for r in ragged], 0.3, method="triton")
+        for g, r in zip(outs, ragged, strict=True):
+            np.testing.assert_allclose(g.numpy(), prox_pava(r, 0.3), rtol=0, atol=1e-12)
+
+
+@pytest.mark.req("ALG-17")
+@pytest.mark.parametrize(
+    "bad", [(12, 4, 2), (16, 3, 2), (16, 32, 2), (16, 1, 2), (16, 4, 1), (16, 4, 65)], ids=str
+)
+def test_triton_tunables_are_checked(bad: tuple[int, int, int]) -> None:
+    need("triton", "cpu")
+    from weightshare._isotonic import triton_hull
+
+    before = triton_hull.TUNING
+    with pytest.raises(ValueError, match=r"tile and group|merge width"):
+        with triton_hull.tuning(*bad):
+            pass
+    assert triton_hull.TUNING == before
+
+
+@pytest.mark.req("ALG-18")
+@pytest.mark.parametrize("tun", [(16, 4, 2), (16, 4, 4), (4096, 32, 16)], ids=str)
+def test_triton_ragged_is_one_unpadded_pipeline(tun: tuple[int, int, int]) -> None:
+    """Ragged row sets: one tile kernel, merges per level of the longest segment, one slopes
+    kernel over N + S points; equal to the reference per row with per-row strengths."""
+    need("triton", "cpu")
+    from weightshare._isotonic import triton_hull
+    from weightshare.reference import prox_pava
+
+    rng = np.random.default_rng(8)
+    rows = [
+        rng.normal(size=(2, 40)),
+        rng.integers(-2, 3, size=(5, 3)).astype(float),  # many short rows, exact ties
+        np.sort(rng.normal(size=(1, 70))),
+        -np.arange(17.0).reshape(1, 17),
+    ]
+    lams: list[float | torch.Tensor] = [0.3, torch.tensor([0.5, 0.1, 2.0, 1e8, 0.0]), 0.2, 0.7]
+    tensors = [torch.from_numpy(r) for r in rows]
+    with triton_hull.tuning(*tun), triton_hull.record_launches() as names:
+        outs = triton_hull.prox_ragged_triton(tensors, lams)
+        layout = triton_hull._layout(
+            tuple((r.shape[0], r.shape[1]) for r in rows), torch.device("cpu"), triton_hull.TUNING
+        )
+    levels = triton_hull.merge_levels(71, triton_hull.Tuning(*tun))
+    assert names == ["_tile_kernel"] + ["_merge_kernel"] * levels + ["_slopes_kernel"]
+    values = sum(r.size for r in rows)
+    assert layout.points == values + sum(r.shape[0] for r in rows)  # N + S: nothing padded
+    for out, r, lam in zip(outs, rows, lams, strict=True):
+        strengths = lam.tolist() if isinstance(lam, torch.Tensor) else [lam] * r.shape[0]
+        for got, row, s in zip(out.numpy(), r, strengths, strict=True):
+            np.testing.assert_allclose(got, prox_pava(row, s), rtol=0, atol=1e-9)

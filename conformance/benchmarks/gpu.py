@@ -3,10 +3,12 @@
 ``python -m conformance.benchmarks.gpu --out DIR`` (part of ``make gpu-check``) times, on one CUDA
 device and in one run: single vectors of d = 2^16..2^26, a 4096 x 4096 batch of rows and a
 ``prox_many`` over every conv/linear weight of a ResNet-50, float32 and float64, random and chain
-inputs, and ``HashedLinear(4096, 4096, 2**20)`` forward + backward against ``nn.Linear`` (HASH-19).
-Times are medians of CUDA-event intervals after a warm-up; every ratio divides by a baseline
-measured in the same run. It writes ``gpu_bench.json`` (rewritten after every record, so a kill
-keeps what was measured) and ``gpu_bench.md`` to DIR.
+inputs, and ``HashedLinear(4096, 4096, 2**20)`` forward + backward against ``nn.Linear`` (HASH-19);
+and the time per stage of one prox (sort, partition for ragged lists, tiles, merges, slopes;
+``stage_calls``, ``ragged_stage_calls``). Times are medians of CUDA-event intervals after a
+warm-up; every ratio divides by a baseline measured in the same run. It writes
+``gpu_bench.json`` (rewritten after every record, so a kill keeps what was measured) and
+``gpu_bench.md`` to DIR.
 
 ``--dry-run`` runs the same code on the CPU at tiny sizes (Triton in its interpreter, wall-clock
 timing): the GPU check's dry run, which proves the harness, not the speed.
@@ -106,6 +108,81 @@ def _vector(record: Record, dtype: torch.dtype, kind: str, d: int) -> None:
             record(case, dtype, kind, m, ms)
 
 
+def stage_calls(
+    x: torch.Tensor, lam: float, out: torch.Tensor | None = None
+) -> dict[str, Callable[[], object]]:
+    """One callable per stage of the "triton" prox of the ``(B, d)`` rows ``x``, each running
+    that stage alone on the inputs the stages before it produced (for timing); the slopes stage
+    writes the prox into ``out`` (a new buffer if None)."""
+    from weightshare._isotonic import triton_hull as th
+
+    lam_t = torch.full((1,), lam, dtype=torch.float64, device=x.device)
+    xs, perm = torch.sort(x, dim=1)
+    shift = xs.mean(dim=1, dtype=torch.float64)
+    tiles = th._tiles(xs, lam_t, shift, True)
+    info = th._levels(tiles, x.shape[1])
+    out = torch.empty_like(x) if out is None else out
+    return {
+        "sort": lambda: torch.sort(x, dim=1),
+        "tiles": lambda: th._tiles(xs, lam_t, shift, True),
+        "merges": lambda: th._levels(tiles, x.shape[1]),
+        "slopes": lambda: th._slopes(tiles, info, shift, out, perm, False),
+    }
+
+
+def ragged_stage_calls(
+    tensors: list[torch.Tensor], lam: float, out: torch.Tensor | None = None
+) -> dict[str, Callable[[], object]]:
+    """As :func:`stage_calls` for the ragged pass of ``prox_many`` over ``tensors`` (each its own
+    vector): the flat stable sort, the stable partition by segment id (a stable sort of the
+    sorted values' int32 ids and two gathers), tiles, merges and slopes; the slopes stage writes
+    the concatenated prox into ``out`` (a new flat buffer if None)."""
+    from weightshare import _segments as segments
+    from weightshare._isotonic import triton_hull as th
+
+    device = tensors[0].device
+    runs = tuple((1, t.numel()) for t in tensors)
+    seg = segments.layout(runs, device)
+    geo = th._layout(runs, device, th.TUNING)
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    ids = seg.ids()
+    _, order = torch.sort(flat, stable=True)
+    keys = ids.to(torch.int32)[order]
+
+    def partition() -> tuple[torch.Tensor, torch.Tensor]:
+        _, part = torch.sort(keys, stable=True)
+        moved = order[part]
+        return flat[moved], moved
+
+    xs, perm = seg.sort(flat, ids)
+    sums = torch.zeros(seg.count, dtype=torch.float64, device=device)
+    shift = sums.index_add_(0, ids, xs.to(torch.float64)).div_(seg.lengths)
+    lam_t = torch.full((1,), lam, dtype=torch.float64, device=device)
+    tiles = th._tiles(xs, lam_t, shift, True, geo)
+    info = th._levels(tiles, 0, geo)
+    out = torch.empty_like(flat) if out is None else out
+    return {
+        "sort": lambda: torch.sort(flat, stable=True),
+        "partition": partition,
+        "tiles": lambda: th._tiles(xs, lam_t, shift, True, geo),
+        "merges": lambda: th._levels(tiles, 0, geo),
+        "slopes": lambda: th._slopes(tiles, info, shift, out, perm, False, geo, ids),
+    }
+
+
+def _ragged_stages(record: Record, dtype: torch.dtype, shapes: list[tuple[int, ...]]) -> None:
+    weights = [_input("random", s, dtype) for s in shapes]
+    for what, fn in ragged_stage_calls(weights, 1e-3).items():
+        record("stages resnet50", dtype, "random", what, cuda_ms(fn, budget_s=0.2))
+
+
+def _stages(record: Record, dtype: torch.dtype, d: int) -> None:
+    x = _input("random", (1, d), dtype)
+    case = f"stages d=2^{int(math.log2(d))}"
+    for what, fn in stage_calls(x, LAM).items():
+        record(case, dtype, "random", what, cuda_ms(fn, budget_s=0.2))
+
+
 @dataclass(frozen=True)
 class Sizes:
     """What one run measures."""
@@ -120,12 +197,15 @@ class Sizes:
     dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
     #: ``HashedLinear(n, n, K)``: (n, K)
     hashed: tuple[int, int] = (4096, 2**20)
+    #: the sizes timed stage by stage
+    stages: tuple[int, ...] = SIZES[::2]
 
 
-QUICK = Sizes(vectors=SIZES[:3], memory=2**20, hashed=(1024, 2**16))
+QUICK = Sizes(vectors=SIZES[:3], memory=2**20, hashed=(1024, 2**16), stages=SIZES[:2])
 #: Triton's interpreter takes about a second per prox whatever the size: a handful of cases
 DRY_RUN = Sizes(vectors=(2**6,), batch=(2, 64), resnet_divisor=64, resnet_weights=6,
-                memory=None, dtypes=(torch.float32,), hashed=(64, 2**10))  # fmt: skip
+                memory=None, dtypes=(torch.float32,), hashed=(64, 2**10),
+                stages=(2**6,))  # fmt: skip
 
 
 def run(sizes: Sizes, record_to: Callable[[dict], None]) -> None:
@@ -141,8 +221,11 @@ def run(sizes: Sizes, record_to: Callable[[dict], None]) -> None:
             for kind in ("random", "chain"):
                 for d in sizes.vectors:
                     _vector(record, dtype, kind, d)
-            _batch(record, dtype, sizes.batch)
+            for d in sizes.stages:
+                _stages(record, dtype, d)
             shapes = resnet50_weight_shapes(sizes.resnet_divisor)[: sizes.resnet_weights]
+            _ragged_stages(record, dtype, shapes)
+            _batch(record, dtype, sizes.batch)
             _resnet50(record, dtype, shapes)
         if sizes.memory is not None:
             record_to(_memory(sizes.memory))

@@ -11,6 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+#: the stages of one "triton" prox, in pipeline order ("partition" only for ragged lists)
+STAGES = ("sort", "partition", "tiles", "merges", "slopes")
+
 #: (row, measured, baseline, goal): the training benchmark's ratios and the goals they answer
 TRAIN_ROWS = (
     ("ResNet-50 step with `ws.attach` / without", "step attach", "step", "≤ 1.10"),
@@ -44,7 +47,7 @@ def render(records: list[dict]) -> str:
     seen = []
     for r in records:
         key = (r["case"], r["dtype"], r.get("input"))
-        if "ms" not in r or key in seen:
+        if "ms" not in r or key in seen or r["case"].startswith("stages"):
             continue
         seen.append(key)
         case, dtype, kind = key
@@ -59,12 +62,31 @@ def render(records: list[dict]) -> str:
         ]
         head = f"| {case} | {dtype.removeprefix('torch.')} | {kind} | "
         lines.append(head + " | ".join(cells) + " |")
+    lines += _render_stages(records)
     for r in records:
         if "peak_extra_over_input" in r:
             lines.append(f"\nPeak extra memory, {r['case']} float32: "
                          f"{r['peak_extra_over_input']:.2f}x the input's bytes.")  # fmt: skip
     lines.extend(_hashed_lines(records))
     return "\n".join(lines) + "\n"
+
+
+def _render_stages(records: list[dict]) -> list[str]:
+    """Markdown lines: milliseconds per stage of one "triton" prox (sum of the stages too)."""
+    cases: dict[tuple[str, str], dict[str, float]] = {}
+    for r in records:
+        if "ms" in r and r["case"].startswith("stages"):
+            cases.setdefault((r["case"], r["dtype"]), {})[r["what"]] = r["ms"]
+    if not cases:
+        return []
+    lines = ["", "| stages | dtype | " + " | ".join(STAGES) + " | sum / sort |",
+             "| --- | --- |" + " ---: |" * (len(STAGES) + 1)]  # fmt: skip
+    for (case, dtype), ms in cases.items():
+        cells = [f"{ms[s]:.3f}" if s in ms else "—" for s in STAGES]
+        ratio = sum(ms.values()) / ms["sort"] if "sort" in ms else float("nan")
+        lines.append(f"| {case.removeprefix('stages ')} | {dtype.removeprefix('torch.')} | "
+                     + " | ".join(cells) + f" | {ratio:.2f} |")  # fmt: skip
+    return lines
 
 
 def _hashed_lines(records: list[dict]) -> list[str]:

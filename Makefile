@@ -92,8 +92,9 @@ wheel-check: install
 	cp conformance/__init__.py conformance/conftest.py conformance/strategies.py \
 		conformance/test_penalty.py conformance/test_prox.py conformance/test_installed.py \
 		"$$tmp/tests/conformance/"; \
+	cp -r conformance/benchmarks "$$tmp/tests/conformance/"; \
 	cd "$$tmp/tests" && "$$tmp/venv/bin/python" -m pytest -q -p no:cacheprovider -W error \
-		-o addopts="" conformance
+		-o addopts="" --ignore=conformance/benchmarks conformance
 
 clean:
 	rm -rf site dist build bench.json .pytest_cache .hypothesis

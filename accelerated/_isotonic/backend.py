@@ -78,9 +78,7 @@ class Backend:
         on length classes, no padding to the longest), whose work is proportional to the values.
         """
         outs: list[torch.Tensor | None] = [
-            r.clone()
-            if r.shape[1] == 1 or (not isinstance(lam, torch.Tensor) and lam == 0.0)
-            else None
+            r.clone() if not is_active(r.shape[1], lam) else None
             for r, lam in zip(rows, lams, strict=True)
         ]
         todo = [i for i, out in enumerate(outs) if out is None]
@@ -91,10 +89,18 @@ class Backend:
                 out, _, _ = self.prox_rows(torch.cat(chosen), strengths, False)
                 solved = list(out.split([r.shape[0] for r in chosen]))
             else:
-                solved = prox_ragged(self.isotonic, chosen, chosen_lams)
+                solved = self.prox_ragged(chosen, chosen_lams)
             for i, part in zip(todo, solved, strict=True):
                 outs[i] = part
         return [out for out in outs if out is not None]
+
+    def prox_ragged(
+        self, rows: list[torch.Tensor], lams: list[float | torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """The prox of row sets of different lengths (each longer than 1, each strength active):
+        ``ragged.prox_ragged`` around :attr:`isotonic`. Backends with a segmented pipeline of
+        their own override this."""
+        return prox_ragged(self.isotonic, rows, lams)
 
 
 def is_active(d: int, lam: float | torch.Tensor) -> bool:

@@ -20,7 +20,7 @@ $T$, the group size $G$ and the merge width $K$. One prox of a ``(B, d)`` batch 
 
 Launches: $L + 5$ plus ``full`` ($\lceil\log_K\lceil (d+1)/T\rceil\rceil + 6$), whatever the
 data: no host synchronization, no data-dependent shape. A ragged list of row sets
-(:func:`prox_ragged_triton`, ``TritonBackend.prox_packed``) runs the same kernels once over the
+(:func:`prox_ragged_triton`, ``TritonBackend.prox_ragged``) runs the same kernels once over the
 concatenated segments (``RAGGED``: per-segment tables instead of row arithmetic; tiles and nodes
 never straddle a segment; no padding).
 
@@ -59,7 +59,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 
 from .. import _segments as segments
 from . import ragged
-from .backend import Backend, RowsResult, is_active, stacked_strengths
+from .backend import Backend, RowsResult, is_active
 from .common import ceil_log2, check_rows
 
 #: True when the kernels below were defined for Triton's interpreter (CPU tensors).
@@ -850,27 +850,12 @@ class TritonBackend(Backend):
             return super().prox_rows(rows, lam, with_z)
         return prox_rows_triton(rows, lam, with_z)
 
-    def prox_packed(
+    def prox_ragged(
         self, rows: list[torch.Tensor], lams: list[float | torch.Tensor]
     ) -> list[torch.Tensor]:
-        """As ``Backend.prox_packed``, but row sets of different lengths go through one tiled
-        pipeline over their concatenation (``prox_ragged_triton``): no padding at all."""
-        outs: list[torch.Tensor | None] = [
-            r.clone() if not is_active(r.shape[1], lam) else None
-            for r, lam in zip(rows, lams, strict=True)
-        ]
-        todo = [i for i, out in enumerate(outs) if out is None]
-        if todo:
-            chosen, chosen_lams = [rows[i] for i in todo], [lams[i] for i in todo]
-            if len({r.shape[1] for r in chosen}) == 1:  # nothing ragged
-                strengths = stacked_strengths(chosen, chosen_lams)
-                out, _, _ = self.prox_rows(torch.cat(chosen), strengths, False)
-                solved = list(out.split([r.shape[0] for r in chosen]))
-            else:
-                solved = prox_ragged_triton(chosen, chosen_lams)
-            for i, part in zip(todo, solved, strict=True):
-                outs[i] = part
-        return [out for out in outs if out is not None]
+        """Row sets of different lengths go through one tiled pipeline over their concatenation
+        (``prox_ragged_triton``): no padding at all."""
+        return prox_ragged_triton(rows, lams)
 
 
 BACKEND = TritonBackend()

@@ -658,7 +658,13 @@ def _check_protocol(summary: dict) -> None:
         p = c["paired"]
         assert p["n"] == summary["seeds"] == len(p["differences"])
         assert p["low"] <= p["mean"] <= p["high"]
-        assert c["verdict"] == protocol.verdict(p, c["direction"])
+        k = c["diverged"]  # EXP-61: a comparison with a diverged run is judged diverged
+        if k["method"] or k["control"]:
+            assert c["verdict"] == protocol.diverged_verdict(
+                c["method"], c["control"], k["method"], k["control"], p["n"]
+            )
+        else:
+            assert c["verdict"] == protocol.verdict(p, c["direction"])
 
 
 @pytest.mark.req("EXP-7", "EXP-13")

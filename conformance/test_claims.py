@@ -122,3 +122,49 @@ def test_published_page_tables_carry_the_judged_verdicts() -> None:
     assert publish._rejudge_rows(snippet, judged) == snippet, "run python -m experiments publish"
     row = next(line for line in snippet.splitlines() if line.startswith("| balance helps: un"))
     assert row.endswith("| **diverged: `dirichlet α=0.01` 5 of 5 seeds** |")
+
+
+def _bench_json(path: Path, **top: object) -> Path:
+    bench = {
+        "extra_info": {"dtype": "float64", "kind": "random", "rows": 1, "d": 10, "impl": "auto"},
+        "stats": {"median": 1e-3},
+    }
+    path.write_text(json.dumps({"machine_info": {}, "benchmarks": [bench], **top}), "utf-8")
+    return path
+
+
+@pytest.mark.req("EXP-63")
+def test_benchmark_report_is_stamped_with_the_run_commit_and_date(tmp_path: Path) -> None:
+    from conformance.benchmarks import report
+
+    info = {"id": "0123456789abcdef0123", "dirty": True}
+    stamped = _bench_json(tmp_path / "a.json", commit_info=info, datetime="2026-12-01T10:00:00")
+    text = report.render(stamped)
+    assert text.startswith("Measured at commit 0123456789ab-dirty on 2026-12-01.\n")
+    bare = report.render(_bench_json(tmp_path / "b.json"))
+    assert bare.startswith("Measured at commit not recorded on not recorded.\n")
+
+
+@pytest.mark.req("EXP-63")
+def test_storage_tables_and_summaries_are_stamped() -> None:
+    import subprocess
+
+    from conformance.benchmarks import _stamp, storage
+
+    text = storage.render([], [], _stamp.stamp("abc", "2026-12-04"))
+    assert text.startswith("Measured at commit abc on 2026-12-04.\n\n| module |")
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=publish.ROOT, capture_output=True, text=True
+    )
+    commit = _stamp.current_commit()
+    at = protocol.measured_at()
+    if head.returncode == 0:  # a checkout: the stamp names its commit
+        assert commit is not None and head.stdout.startswith(commit[:12])
+        assert at["commit"] == commit
+    assert at["date"] == _stamp.today()
+    summary = {"measured_at": {"commit": "abc", "date": "2026-12-04"}}
+    assert publish._measured(summary) == "commit abc on 2026-12-04"
+    assert publish._measured({}) == "commit not recorded on not recorded"
+    for name in ("performance", "storage"):  # the committed tables say so too
+        first = (publish.ROOT / "spec" / "_snippets" / f"{name}.md").read_text("utf-8")
+        assert first.startswith("Measured at commit ")

@@ -50,7 +50,29 @@ def summary_header(ctx: Context, split_sizes: Mapping[str, int], cfg: Mapping[st
         "config": dict(cfg),
         "device": str(ctx.device),
         "torch": torch.__version__,
+        "measured_at": measured_at(),
     }
+
+
+def measured_at() -> dict[str, str | None]:
+    """The commit (``git describe --always --dirty``; ``None`` without git) and the UTC date a
+    run was measured at, for ``summary.json`` and the claims table's stamp (EXP-63)."""
+    import datetime as dt
+    import subprocess
+    from pathlib import Path
+
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    return {"commit": out or None, "date": dt.datetime.now(dt.timezone.utc).date().isoformat()}
 
 
 class Runs:

@@ -104,9 +104,7 @@ def _published() -> list[dict[str, Any]]:
 
 def _measured(summary: dict[str, Any]) -> str:
     at = summary.get("measured_at") or {}
-    if not at:
-        return "not recorded"
-    return f"commit {at.get('commit', 'not recorded')} on {at.get('date', 'not recorded')}"
+    return f"commit {at.get('commit') or 'not recorded'} on {at.get('date') or 'not recorded'}"
 
 
 def claims_index() -> str:
@@ -150,7 +148,8 @@ def claims_index() -> str:
         + markdown_table(["experiment", "data", "variant", "diverged seeds"], dead)
     )
     parts.append(
-        "#### Measured at\n\n"
+        "#### Measured at\n\nThe commit and date each run records (EXP-63); runs published "
+        "before EXP-63 did not record them.\n\n"
         + markdown_table(["experiment", "data", "measured at (from summary.json)"], stamps)
     )
     return "\n".join(parts)

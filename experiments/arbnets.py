@@ -300,13 +300,19 @@ def _protocol_run(ctx, cfg, wsnn, data) -> tuple[dict[str, Any], str, list]:
         claims += mine
         settings.append(one)
         rows = [
-            [f"`{label}`", e["free_parameters"], f"{e['entropy']['mean']:.3f}", fmt(e)]
+            [
+                f"`{label}`",
+                e["free_parameters"],
+                f"{e['entropy']['mean']:.3f}",
+                fmt(e),
+                f"{sum(div(label))} of {len(e['runs'])}",  # EXP-61
+            ]
             for label, e in v.items()
         ]
         tables.append(
             f"\n**MLP {'-'.join(map(str, one['sizes']))}, compression 1/{round(1 / compression)}** "
             f"(buckets per layer {one['buckets']}, lr {one['lr']:g}):\n\n"
-            + markdown_table(HEADER, rows)
+            + markdown_table([*HEADER, "diverged runs"], rows)
         )
     summary = {
         **summary_header(ctx, data(0).sizes, cfg),

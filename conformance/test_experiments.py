@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conformance.offline import unrendered_math, unrendered_math_in
-from experiments import EXPERIMENTS, data, metrics, protocol, shuffled_1d
+from experiments import EXPERIMENTS, data, factorization, metrics, protocol, shuffled_1d
 from experiments._common import Context, MissingDependencyError, require
 from experiments.cli import main, run_experiment
 from experiments.models import CNN1D, LocalCNN, Net2CNN, conv1d_as_matrix, conv_as_matrix
@@ -658,7 +658,13 @@ def _check_protocol(summary: dict) -> None:
         p = c["paired"]
         assert p["n"] == summary["seeds"] == len(p["differences"])
         assert p["low"] <= p["mean"] <= p["high"]
-        assert c["verdict"] == protocol.verdict(p, c["direction"])
+        k = c["diverged"]  # EXP-61: a comparison with a diverged run is judged diverged
+        if k["method"] or k["control"]:
+            assert c["verdict"] == protocol.diverged_verdict(
+                c["method"], c["control"], k["method"], k["control"], p["n"]
+            )
+        else:
+            assert c["verdict"] == protocol.verdict(p, c["direction"])
 
 
 @pytest.mark.req("EXP-7", "EXP-13")
@@ -674,12 +680,15 @@ def test_shuffled_pixels_on_the_mnist5k_torus(tmp_path: Path) -> None:
     assert {c["control"] for c in summary["claims"]} == {"fc", "fc_l1", "cnn"}
 
 
-@pytest.mark.req("EXP-7", "EXP-41")
+@pytest.mark.req("EXP-7", "EXP-41", "EXP-61")
 def test_factorization_on_mnist5k_with_the_protocol(tmp_path: Path) -> None:
     summary = _smoke("factorization", tmp_path, "--dataset", "mnist5k")
     assert summary["dataset"] == "mnist5k"
     assert summary["split_sizes"] == {"train": 3600, "val": 400, "test": 1000}
     _check_protocol(summary)
+    table = (tmp_path / "factorization" / "table.md").read_text(encoding="utf-8")
+    assert table == factorization.protocol_table(summary)  # the page's table, from the summary
+    assert "| diverged runs |" in table and "nan" not in table  # EXP-61
     methods = {r["method"] for r in summary["pruning_runs"]}
     assert methods == {
         "magnitude pruning",
@@ -692,11 +701,13 @@ def test_factorization_on_mnist5k_with_the_protocol(tmp_path: Path) -> None:
     assert all(0.0 <= r["test_acc"] <= 1.0 for r in summary["dwf_runs"])
 
 
-@pytest.mark.req("EXP-7", "EXP-20")
+@pytest.mark.req("EXP-7", "EXP-20", "EXP-61")
 def test_arbnets_on_mnist5k_with_the_protocol(tmp_path: Path) -> None:
     summary = _smoke("arbnets", tmp_path, "--dataset", "mnist5k")
     assert summary["dataset"] == "mnist5k"
     _check_protocol(summary)
+    table = (tmp_path / "arbnets" / "table.md").read_text(encoding="utf-8")
+    assert "| diverged runs |" in table and f" of {summary['seeds']} |" in table  # per variant
     assert len(summary["settings"]) == len(summary["config"]["settings"]) >= 2
     for setting in summary["settings"]:
         v = setting["variants"]

@@ -68,13 +68,35 @@ def claims(final: dict[tuple[str, str], list[dict[str, Any]]], score: str) -> li
     def of(m: str, s: str, key: str = "test_acc") -> list[float]:
         return [r[key] for r in final[(m, s)]]
 
+    def div(m: str, c: str, s: str) -> tuple[list[bool], list[bool]]:
+        flags = [[protocol.is_diverged(r) for r in final[(x, s)]] for x in (m, c)]
+        return flags[0], flags[1]
+
     out = []
     for s in SETTINGS:
         for control in ("fc", "fc_l1"):
             text = f"FC+WSR beats {'FC' if control == 'fc' else 'the l1 control'} ({s})"
-            out.append(protocol.claim(text, "fc_wsr", control, of("fc_wsr", s), of(control, s)))
+            out.append(
+                protocol.claim(
+                    text,
+                    "fc_wsr",
+                    control,
+                    of("fc_wsr", s),
+                    of(control, s),
+                    diverged=div("fc_wsr", control, s),
+                )
+            )
     wsr, cnn = of("fc_wsr", "shuffled"), of("cnn", "shuffled")
-    out.append(protocol.claim("FC+WSR beats the CNN on shuffled pixels", "fc_wsr", "cnn", wsr, cnn))
+    out.append(
+        protocol.claim(
+            "FC+WSR beats the CNN on shuffled pixels",
+            "fc_wsr",
+            "cnn",
+            wsr,
+            cnn,
+            diverged=div("fc_wsr", "cnn", "shuffled"),
+        )
+    )
     what = {
         "sharing": "shared across positions (shift-sharing x 100)",
         "conv_likeness": "local (locality x 100)",
@@ -87,6 +109,7 @@ def claims(final: dict[tuple[str, str], list[dict[str, Any]]], score: str) -> li
                 control,
                 of("fc_wsr", "original", score),
                 of(control, "original", score),
+                diverged=div("fc_wsr", control, "original"),
             )
         )
     return out

@@ -286,7 +286,13 @@ def _protocol_run(ctx, cfg, wsnn, data) -> tuple[dict[str, Any], str, list]:
             # i mod (K+1): deterministic without the duplicated rows i mod K can give (see page)
             (f"determinism helps: r=0, K+1 beats r={max(cfg['radii'])} ({name})", r0k, rmax),
         ]
-        mine = [protocol.claim(t, a, b, acc(a), acc(b)) for t, a, b in pairs]
+
+        def div(label: str, v: dict = v) -> list[bool]:
+            return [protocol.is_diverged(r, data(0).num_classes) for r in v[label]["runs"]]
+
+        mine = [
+            protocol.claim(t, a, b, acc(a), acc(b), diverged=(div(a), div(b))) for t, a, b in pairs
+        ]
         balance = [lab for lab in v if lab.startswith("dirichlet") or lab == "uniform"]
         rho = spearmanr([v[b]["entropy"]["mean"] for b in balance], [v[b]["mean"] for b in balance])
         one["balance_spearman"] = None if len(balance) < 3 else float(rho.statistic)
@@ -294,13 +300,19 @@ def _protocol_run(ctx, cfg, wsnn, data) -> tuple[dict[str, Any], str, list]:
         claims += mine
         settings.append(one)
         rows = [
-            [f"`{label}`", e["free_parameters"], f"{e['entropy']['mean']:.3f}", fmt(e)]
+            [
+                f"`{label}`",
+                e["free_parameters"],
+                f"{e['entropy']['mean']:.3f}",
+                fmt(e),
+                f"{sum(div(label))} of {len(e['runs'])}",  # EXP-61
+            ]
             for label, e in v.items()
         ]
         tables.append(
             f"\n**MLP {'-'.join(map(str, one['sizes']))}, compression 1/{round(1 / compression)}** "
             f"(buckets per layer {one['buckets']}, lr {one['lr']:g}):\n\n"
-            + markdown_table(HEADER, rows)
+            + markdown_table([*HEADER, "diverged runs"], rows)
         )
     summary = {
         **summary_header(ctx, data(0).sizes, cfg),

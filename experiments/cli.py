@@ -143,6 +143,11 @@ def run_experiment(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["publish"]:  # python -m experiments publish [RUN_DIR NAME]
+        from .publish import main as publish_main
+
+        return publish_main(args[1:])
     try:
         run_experiment(argv)
     except (MissingDependencyError, FileNotFoundError, DataFileError) as err:

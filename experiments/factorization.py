@@ -512,6 +512,10 @@ def _protocol_run(ctx, cfg, go, build, data, fac, lams) -> tuple[dict[str, Any],
                 control,
                 [r["test_acc"] for r in a][:n],
                 [r["test_acc"] for r in b][:n],
+                diverged=(
+                    [protocol.is_diverged(r) for r in a][:n],
+                    [protocol.is_diverged(r) for r in b][:n],
+                ),
             )
             if not a:
                 c["note"] = f"no strength reaches CR ≥ {t} on every tuning seed"
@@ -536,30 +540,69 @@ def _protocol_run(ctx, cfg, go, build, data, fac, lams) -> tuple[dict[str, Any],
         "dwf_runs": [r for (m, _), rs in final.items() if m.startswith(("DWF", "L2")) for r in rs],
         "pruning_runs": baselines,
     }
-    methods = list(dict.fromkeys(m for m, _ in final))
+    table = protocol_table(summary)
+    fig = compression_figure(ctx.out_dir, final, cfg["targets"])
+    write_results(ctx, summary, table)
+    return summary, table, [fig]
+
+
+def _cr_cell(runs: list[dict[str, Any]]) -> str:
+    """The CR reached per seed, ``–`` for a diverged network (never averaged through a NaN)."""
+    crs = [r.get("cr") for r in runs]
+    ok = [c for c in crs if c is not None and math.isfinite(c)]
+    if len(ok) == len(crs):
+        return f"CR {sum(ok) / len(ok):.0f}"
+    each = "/".join("–" if c is None or not math.isfinite(c) else f"{c:.0f}" for c in crs)
+    return f"CR per seed {each}"
+
+
+def final_runs(summary: dict[str, Any]) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """The final runs by ``(method, target)``, rebuilt from a protocol ``summary.json``: every
+    pick's DWF runs (one per seed) and the pruning baselines."""
+    final: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for key, lam in summary["picks"].items():
+        method, target = key.rsplit(" @ ", 1)
+        by_seed = {
+            r["seed"]: r
+            for r in summary["dwf_runs"]
+            if _method(r["depth"]) == method and r["lam"] == lam
+        }
+        final[(method, int(target))] = [by_seed[k] for k in sorted(by_seed)]
+    for b in summary["pruning_runs"]:
+        final.setdefault((b["method"], b["target"]), []).append(b)
+    return final
+
+
+def protocol_table(summary: dict[str, Any]) -> str:
+    """The page's table of a protocol run, from its ``summary.json`` alone: test accuracy per
+    (method, CR target) with the CR reached (per seed where a network diverged), then the
+    paired claims and the count of diverged runs per method."""
+    cfg, seeds = summary["config"], summary["seeds"]
+    final = final_runs(summary)
     rows = []
-    for m in methods:
+    for m in dict.fromkeys(m for m, _ in final):
         row = [m]
         for tt in cfg["targets"]:
             rs = final.get((m, tt))
             if not rs:
                 row.append("—")
                 continue
-            ms, cr = mean_std([r["test_acc"] for r in rs]), mean_std([r["cr"] for r in rs])
-            row.append(f"{100 * ms['mean']:.1f} ± {100 * ms['std']:.1f} (CR {cr['mean']:.0f})")
-        rows.append(row)
-    lrs = ", ".join(f"D={d}: {lr:g}" for d, lr in chosen_lr.items())
-    table = (
-        markdown_table(["method", *[f"CR ≥ {tt}" for tt in cfg["targets"]]], rows)
-        + f"\nTest accuracy (%) mean ± std over {ctx.seeds} seeds (mean CR reached in brackets); "
-        f"MLP {'-'.join(map(str, cfg['hidden']))} on {ctx.dataset}, {cfg['epochs']} epochs; "
-        f"strength per (method, CR) and lr per depth ({lrs}; dense {dense_lr:g}) chosen by the "
-        f"mean validation accuracy over {len(tseeds)} tuning seeds.\n"
-        f"\nPaired comparisons over {ctx.seeds} seeds:\n\n" + protocol.claims_table(claims)
+            ms = mean_std([r["test_acc"] for r in rs])
+            row.append(f"{100 * ms['mean']:.1f} ± {100 * ms['std']:.1f} ({_cr_cell(rs)})")
+        dead = {id(r): r for tt in cfg["targets"] for r in final.get((m, tt), [])}
+        n_dead = sum(protocol.is_diverged(r) for r in dead.values())
+        rows.append([*row, f"{n_dead} of {len(dead)}"])
+    lrs = ", ".join(f"D={d}: {lr:g}" for d, lr in summary["chosen_lr"].items())
+    header = ["method", *[f"CR ≥ {tt}" for tt in cfg["targets"]], "diverged runs"]
+    return (
+        markdown_table(header, rows)
+        + f"\nTest accuracy (%) mean ± std over {seeds} seeds (mean CR reached in brackets; "
+        "per seed, – for a diverged network, where a network diverged); "
+        f"MLP {'-'.join(map(str, cfg['hidden']))} on {summary['dataset']}, {cfg['epochs']} epochs; "
+        f"strength per (method, CR) and lr per depth ({lrs}; dense {summary['dense_lr']:g}) chosen "
+        f"by the mean validation accuracy over {summary['tuning_seeds']} tuning seeds.\n"
+        f"\nPaired comparisons over {seeds} seeds:\n\n" + protocol.claims_table(summary["claims"])
     )
-    fig = compression_figure(ctx.out_dir, final, cfg["targets"])
-    write_results(ctx, summary, table)
-    return summary, table, [fig]
 
 
 def compression_figure(out_dir, final, targets) -> Any:

@@ -185,3 +185,47 @@ def bands(
         ax.plot(xs, ys, marker="o", ms=2.5, lw=1, ls=ls, color=f"C{k}", label=name)
         ax.fill_between(xs, ys - sd, ys + sd, color=f"C{k}", alpha=0.18, lw=0)
     return _finish(fig, ax, path, xlabel, ylabel, logx=True, legend_size=6.5)
+
+
+#: verdict colours of the forest plot (a verdict "diverged: ..." takes the last one)
+VERDICT_COLOURS = {
+    "reproduced": "tab:green",
+    "not reproduced": "tab:red",
+    "inconclusive": "tab:gray",
+    "diverged": "tab:orange",
+}
+
+
+Claim = tuple[str, float, float, float, str]  # label, mean, low, high, verdict
+
+
+def forest(groups: Mapping[str, Sequence[Claim]], path: Path) -> Path:
+    """One row per claim ``(label, mean, low, high, verdict)``, grouped (a heading per group),
+    coloured by verdict, with the zero line; deterministic bytes (no date, no software tag)."""
+    rows = sum(len(g) + 1 for g in groups.values())
+    fig, ax = plt.subplots(figsize=(9.0, 0.22 * rows + 1.0))
+    y, ticks, labels = 0, [], []
+    for group, claims in groups.items():
+        ticks.append(y)
+        labels.append(group)
+        y -= 1
+        for label, mean, low, high, verdict in claims:
+            colour = VERDICT_COLOURS[verdict.split(":")[0]]
+            if np.isfinite(low) and np.isfinite(high):
+                ax.plot([low, high], [y, y], color=colour, lw=2)
+            ax.plot([mean], [y], "o", color=colour, ms=4)
+            ticks.append(y)
+            labels.append(label)
+            y -= 1
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set_yticks(ticks, labels, fontsize=6)
+    for tick, label in zip(ax.get_yticklabels(), labels, strict=True):
+        if label in groups:
+            tick.set_fontweight("bold")
+    ax.set_xlabel("paired difference method − control (points), mean and 95 % interval")
+    ax.set_ylim(y + 0.5, 0.5)
+    for name, colour in VERDICT_COLOURS.items():
+        ax.plot([], [], "o-", color=colour, label=name)
+    ax.legend(fontsize=6, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
+    ax.grid(axis="x", lw=0.3)
+    return _save(fig, path)

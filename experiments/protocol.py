@@ -50,7 +50,29 @@ def summary_header(ctx: Context, split_sizes: Mapping[str, int], cfg: Mapping[st
         "config": dict(cfg),
         "device": str(ctx.device),
         "torch": torch.__version__,
+        "measured_at": measured_at(),
     }
+
+
+def measured_at() -> dict[str, str | None]:
+    """The commit (``git describe --always --dirty``; ``None`` without git) and the UTC date a
+    run was measured at, for ``summary.json`` and the claims table's stamp (EXP-63)."""
+    import datetime as dt
+    import subprocess
+    from pathlib import Path
+
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    return {"commit": out or None, "date": dt.datetime.now(dt.timezone.utc).date().isoformat()}
 
 
 class Runs:
@@ -167,8 +189,32 @@ VERDICT_RULE = (
     "seed: same split, initialisation and batch order), and its mean and two-sided 95 % "
     "t-interval over the seeds are reported. The claim is *reproduced* when the interval "
     "excludes 0 in the claimed direction, *not reproduced* when it excludes 0 in the other "
-    "direction, and *inconclusive* otherwise."
+    "direction, and *inconclusive* otherwise. A claim whose comparison includes a diverged run "
+    "(loss NaN/inf, or accuracy at chance) is judged *diverged* instead: a run that did not "
+    "train is not evidence of a difference."
 )
+
+#: a run whose test accuracy is at most chance (1 / classes) + this margin stayed at chance
+CHANCE_MARGIN = 0.02
+
+
+def is_diverged(run: Mapping[str, Any], classes: int = 10) -> bool:
+    """Whether a run did not train: it says so (``diverged``), its training loss is NaN/inf, or
+    its test accuracy stayed at chance (at most ``1 / classes + CHANCE_MARGIN``)."""
+    if run.get("diverged"):
+        return True
+    if "train_loss" in run:  # null in JSON is a NaN loss
+        loss = run["train_loss"]
+        if loss is None or not np.isfinite(float(loss)):
+            return True
+    acc = run.get("test_acc")
+    return acc is not None and float(acc) <= 1.0 / classes + CHANCE_MARGIN
+
+
+def diverged_verdict(method: str, control: str, n_method: int, n_control: int, n: int) -> str:
+    """``"diverged: ..."`` naming the side(s) and how many of the ``n`` seeds diverged."""
+    sides = ((method, n_method), (control, n_control))
+    return "diverged: " + ", ".join(f"`{name}` {k} of {n} seeds" for name, k in sides if k)
 
 
 def paired(method: Sequence[float], control: Sequence[float], level: float = 0.95) -> dict:
@@ -227,17 +273,24 @@ def claim(
     control_values: Sequence[float],
     direction: str = ">",
     scale: float = 100.0,
+    diverged: tuple[Sequence[bool], Sequence[bool]] = ((), ()),
 ) -> dict[str, Any]:
     """One claim of a page: the paired interval (in units of ``scale``, percentage points for
-    accuracies) and its verdict."""
+    accuracies) and its verdict; ``diverged`` gives, per side, which seeds' runs diverged
+    (:func:`is_diverged`), and any such run makes the verdict ``"diverged: ..."``."""
     interval = paired([scale * v for v in method_values], [scale * v for v in control_values])
+    n_method, n_control = sum(map(bool, diverged[0])), sum(map(bool, diverged[1]))
+    judged = verdict(interval, direction)
+    if n_method or n_control:
+        judged = diverged_verdict(method, control, n_method, n_control, interval["n"])
     return {
         "claim": text,
         "method": method,
         "control": control,
         "direction": direction,
         "paired": interval,
-        "verdict": verdict(interval, direction),
+        "diverged": {"method": n_method, "control": n_control},
+        "verdict": judged,
     }
 
 

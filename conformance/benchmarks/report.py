@@ -14,6 +14,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from ._stamp import stamp
+
 ROOT = Path(__file__).resolve().parents[2]
 SNIPPET = ROOT / "spec" / "_snippets" / "performance.md"
 IMPLS = ("argsort", "scipy", "torch.sort", "auto", "pava", "rounds", "search", "hull")
@@ -31,7 +33,15 @@ def load(path: Path) -> tuple[dict[Key, dict[str, float]], list[dict], dict]:
     times: dict[Key, dict[str, float]] = defaultdict(dict)
     ragged: Ragged = defaultdict(dict)
     memory = []
-    info: dict = {"machine": data.get("machine_info", {})}
+    commit = data.get("commit_info", {})
+    info: dict = {
+        "machine": data.get("machine_info", {}),
+        # when and where pytest-benchmark measured, not when the report is written
+        "commit": (commit.get("id") or "")[:12] + ("-dirty" if commit.get("dirty") else "")
+        if commit.get("id")
+        else None,
+        "date": str(data["datetime"])[:10] if data.get("datetime") else None,
+    }
     for bench in data["benchmarks"]:
         extra = bench.get("extra_info", {})
         versions = {k: extra[k] for k in ("torch", "numpy", "scipy") if k in extra}
@@ -166,6 +176,7 @@ def render(path: Path) -> str:
     cpu = mach.get("cpu", {})
     ver = info.get("versions", {})
     parts = [
+        stamp(info["commit"], info["date"]),
         f"Machine: {cpu.get('brand_raw', 'unknown CPU')}, {cpu.get('count', '?')} logical cores "
         f"(shared with other jobs), Python {mach.get('python_version', '?')}, torch "
         f"{ver.get('torch', '?')} ({info.get('threads')} intra-op thread(s)), numpy "

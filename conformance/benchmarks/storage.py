@@ -30,6 +30,8 @@ import weightshare as ws
 from weightshare import hashing
 from weightshare import nn as wnn
 
+from ._stamp import current_commit, stamp, today
+
 ROOT = Path(__file__).resolve().parents[2]
 SNIPPET = ROOT / "spec" / "_snippets" / "storage.md"
 
@@ -140,8 +142,10 @@ def forward_rows() -> list[tuple[str, float, float, float, float]]:
     return rows
 
 
-def render(table: list, forward: list) -> str:
+def render(table: list, forward: list, measured: str = "") -> str:
+    """The storage tables, after ``measured`` (the :func:`._stamp.stamp` line, if given)."""
     out = [
+        *([measured] if measured else []),
         "| module | dense layer B | free parameters B | `state_dict` B | `torch.save` B | "
         "`ws.save` file B | file / dense | file / free | resident B |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -170,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help=f"write {SNIPPET.relative_to(ROOT)}")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    text = render(table_rows(), forward_rows())
+    text = render(table_rows(), forward_rows(), stamp(current_commit(), today()))
     print(text)
     if args.write:
         SNIPPET.write_text(text, encoding="utf-8")

@@ -1,0 +1,35 @@
+"""The "measured at commit X on DATE" line every generated benchmark table starts with."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def current_commit(root: Path = ROOT) -> str | None:
+    """``git describe --always --dirty`` of ``root`` (``-dirty``: uncommitted changes), or
+    ``None`` where git or the repository is not available."""
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def today() -> str:
+    return dt.datetime.now(dt.timezone.utc).date().isoformat()
+
+
+def stamp(commit: str | None, date: str | None) -> str:
+    """``"Measured at commit X on DATE."``; an unknown part reads ``not recorded``."""
+    return f"Measured at commit {commit or 'not recorded'} on {date or 'not recorded'}.\n"

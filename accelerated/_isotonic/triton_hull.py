@@ -58,9 +58,9 @@ import triton.language as tl
 from torch.utils._python_dispatch import _disable_current_modes
 
 from .. import _segments as segments
-from . import ragged
 from .backend import Backend, RowsResult, is_active
 from .common import ceil_log2, check_rows
+from .ragged import segment_strengths
 
 #: True when the kernels below were defined for Triton's interpreter (CPU tensors).
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -744,7 +744,7 @@ def prox_ragged_triton(
     xs, perm = seg.sort(flat, ids)
     sums = torch.zeros(seg.count, dtype=torch.float64, device=device)
     shift = sums.index_add_(0, ids, xs.to(torch.float64)).div_(seg.lengths)
-    lam = ragged.segment_strengths(rows, lams, device)
+    lam = segment_strengths(rows, lams, device)
     if isinstance(lam, float):
         lam = torch.full((1,), lam, dtype=torch.float64, device=device)
     h = _tiles(xs, lam, shift, True, geo)

@@ -49,6 +49,10 @@ class Context:
     progress: bool = True
     dataset: str = "digits"
     started: float = field(default_factory=time.perf_counter)
+    #: the finished runs of earlier sittings (``experiments._journal.Journal``, EXP-64), or None
+    journal: Any = None
+    #: the scopes of this context's ``protocol.Runs`` (each must be its own)
+    scopes: set[str] = field(default_factory=set)
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started

@@ -12,6 +12,7 @@ import torch
 
 from . import EXPERIMENTS
 from ._common import Context, MissingDependencyError, deterministic
+from ._journal import JOURNAL, Journal
 from .data import DATASETS, LOCAL_DATASETS, DataFileError
 
 
@@ -90,6 +91,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=_positive_int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="train every run again, ignoring the finished runs of an earlier sitting (runs.jsonl)",
+    )
     return p
 
 
@@ -131,6 +137,18 @@ def run_experiment(argv: list[str] | None = None) -> dict[str, Any]:
         progress=not args.no_progress,
         dataset=dataset,
     )
+    if args.fresh:
+        (ctx.out_dir / JOURNAL).unlink(missing_ok=True)
+    fingerprint = {
+        "experiment": ctx.name,
+        "preset": preset,
+        "dataset": dataset,
+        "seeds": ctx.seeds,
+        "device": str(ctx.device),
+        "data_dir": None if args.data_dir is None else str(args.data_dir.resolve()),
+        "config": cfg,
+    }
+    ctx.journal = Journal(ctx.out_dir, fingerprint)  # resumable runs (EXP-64)
     with deterministic(args.device, args.threads):
         summary, table, figures = module.run(ctx, cfg)
     print(f"\n{args.name} ({preset}, {ctx.dataset}, {ctx.seeds} seed(s), {ctx.elapsed():.0f} s)")

@@ -51,6 +51,7 @@ def summary_header(ctx: Context, split_sizes: Mapping[str, int], cfg: Mapping[st
         "device": str(ctx.device),
         "torch": torch.__version__,
         "measured_at": measured_at(),
+        **({"journal": ctx.journal.report()} if ctx.journal else {}),
     }
 
 
@@ -76,16 +77,30 @@ def measured_at() -> dict[str, str | None]:
 
 
 class Runs:
-    """Results by ``(arm, value, seed)``, each trained once, in the order they were first asked."""
+    """Results by ``(arm, value, seed)``, each trained once, in the order they were first asked.
 
-    def __init__(self, train: Train, ctx: Context) -> None:
-        self.train, self.ctx = train, ctx
+    ``scope`` names what ``train`` computes, so that the context's journal (EXP-64) can tell
+    runs of two ``Runs`` apart: each ``Runs`` of one context needs its own scope. A run the
+    journal holds from an earlier sitting is reused, not trained again.
+    """
+
+    def __init__(self, train: Train, ctx: Context, scope: str = "") -> None:
+        if scope in ctx.scopes:
+            raise ValueError(f"Runs scope {scope!r} is already used in this experiment")
+        ctx.scopes.add(scope)
+        self.train, self.ctx, self.scope = train, ctx, scope
         self.results: dict[tuple[Any, Any, int], dict[str, Any]] = {}
 
     def __call__(self, arm: Hashable, value: Hashable, seed: int) -> dict[str, Any]:
         key = (arm, value, seed)
         if key not in self.results:
-            self.results[key] = self.train(arm, value, seed)
+            journal = self.ctx.journal
+            result = journal.get(self.scope, arm, value, seed) if journal else None
+            if result is None:
+                result = self.train(arm, value, seed)
+                if journal:
+                    journal.put(self.scope, arm, value, seed, result)
+            self.results[key] = result
         return self.results[key]
 
     def all(self, jobs: Iterable[tuple[Any, Any, int]], desc: str) -> None:

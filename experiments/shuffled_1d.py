@@ -163,7 +163,7 @@ def run(ctx: Context, cfg: dict[str, Any], ws: Any) -> tuple[dict[str, Any], str
     # 1. strengths on the validation slices (mean over the tuning seeds, each its own slice of
     # 400 and 3,600 to train on); a one-point grid needs no run
     tuning_seeds = list(range(cfg.get("tuning_seeds", 1)))
-    tune_runs = Runs(lambda arm, lam, seed: go(*arm, lam, seed, refit=False), ctx)
+    tune_runs = Runs(lambda arm, lam, seed: go(*arm, lam, seed, refit=False), ctx, "tune")
     chosen: dict[tuple[str, str], float] = {(m, s): 0.0 for m in ("fc", "cnn") for s in SETTINGS}
     grids = {(m, s): cfg[grid] for m, grid in REGULARISED.items() for s in SETTINGS}
     if any(len(grid) > 1 for grid in grids.values()):
@@ -181,7 +181,7 @@ def run(ctx: Context, cfg: dict[str, Any], ws: Any) -> tuple[dict[str, Any], str
     tuning = {(*arm, lam): r for (arm, lam, t), r in tune_runs.results.items() if t == 0}
 
     # 2. the chosen configurations on all 4,000 training examples, every seed
-    final_runs = Runs(lambda arm, lam, seed: go(*arm, lam, seed, refit=True), ctx)
+    final_runs = Runs(lambda arm, lam, seed: go(*arm, lam, seed, refit=True), ctx, "final")
     arms = {(m, s): chosen[(m, s)] for m in MODELS for s in SETTINGS}
     # optional variants at fc_wsr's chosen strength
     arms.update({(m, s): chosen[("fc_wsr", s)] for m in cfg.get("extras", []) for s in SETTINGS})

@@ -63,9 +63,9 @@ MNIST5K = presets(
         "seeds": 5,
         "tuning_seeds": 3,
         "epochs": 10,  # reduced to fit the shared 2-core machine: see the page
-        # every variant tunes its own lr (EXP-7): the earlier grid {0.03, 0.1} extended down to
-        # the stable lrs of the unbalanced and deterministic tables
-        "lr_grid": [0.003, 0.01, 0.03, 0.1],
+        # every variant tunes its own lr (EXP-7), down to the stable lrs of the unbalanced and
+        # deterministic tables; 0.1 was dropped to fit the machine (never best: see the page)
+        "lr_grid": [0.003, 0.01, 0.03],
         "settings": [[[1000], 1 / 8], [[1000], 1 / 32], [[1000], 1 / 64], [[1000, 1000], 1 / 64]],
     },
     quick={

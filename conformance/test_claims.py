@@ -143,6 +143,22 @@ def test_benchmark_report_is_stamped_with_the_run_commit_and_date(tmp_path: Path
     assert text.startswith("Measured at commit 0123456789ab-dirty on 2026-12-01.\n")
     bare = report.render(_bench_json(tmp_path / "b.json"))
     assert bare.startswith("Measured at commit not recorded on not recorded.\n")
+    assert "Load average not recorded." in bare
+
+
+@pytest.mark.req("EXP-63")
+def test_benchmark_report_gives_the_load_the_cases_ran_under(tmp_path: Path) -> None:
+    from conformance.benchmarks import report
+
+    path = _bench_json(tmp_path / "a.json")
+    data = json.loads(path.read_text("utf-8"))
+    first = data["benchmarks"][0]
+    data["benchmarks"] = [
+        {**first, "extra_info": {**first["extra_info"], "load": load, "impl": impl}}
+        for load, impl in (("0.52", "auto"), ("3.97", "argsort"))
+    ]
+    path.write_text(json.dumps(data), "utf-8")
+    assert "load average while the cases ran: 0.5 to 4.0" in report.render(path)
 
 
 @pytest.mark.req("EXP-63")

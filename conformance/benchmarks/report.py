@@ -45,8 +45,10 @@ def load(path: Path) -> tuple[dict[Key, dict[str, float]], list[dict], dict]:
     for bench in data["benchmarks"]:
         extra = bench.get("extra_info", {})
         versions = {k: extra[k] for k in ("torch", "numpy", "scipy") if k in extra}
-        info.setdefault("versions", versions)
+        info.setdefault("versions", {}).update(versions)  # the hashed suite records torch only
         info.setdefault("threads", extra.get("torch_threads"))
+        if "load" in extra:
+            info.setdefault("loads", []).append(float(extra["load"]))
         if "memory" in extra:
             memory.append(extra["memory"])
             continue
@@ -170,6 +172,16 @@ def hashed_table(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _load(info: dict) -> str:
+    loads = info.get("loads")
+    if not loads:
+        return "Load average not recorded. "
+    return (
+        f"1-minute load average while the cases ran: {min(loads):.1f} to {max(loads):.1f} "
+        "(above 1 the benchmark shared its cores with other jobs). "
+    )
+
+
 def render(path: Path) -> str:
     times, memory, info = load(path)
     mach = info["machine"]
@@ -180,8 +192,8 @@ def render(path: Path) -> str:
         f"Machine: {cpu.get('brand_raw', 'unknown CPU')}, {cpu.get('count', '?')} logical cores "
         f"(shared with other jobs), Python {mach.get('python_version', '?')}, torch "
         f"{ver.get('torch', '?')} ({info.get('threads')} intra-op thread(s)), numpy "
-        f"{ver.get('numpy', '?')}, scipy {ver.get('scipy', '?')}. Median milliseconds per call; "
-        "ratios use baselines of the same run.\n",
+        f"{ver.get('numpy', '?')}, scipy {ver.get('scipy', '?')}. {_load(info)}Median "
+        "milliseconds per call; ratios use baselines of the same run.\n",
         "### Goals\n",
         goals(times, memory, info["ragged"]),
     ]

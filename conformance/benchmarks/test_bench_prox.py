@@ -18,6 +18,7 @@ they take seconds at these sizes).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -145,6 +146,8 @@ def _versions() -> dict[str, str]:
         "scipy": scipy.__version__,
         "python": platform.python_version(),
         "torch_threads": str(torch.get_num_threads()),
+        # the machine's 1-minute load average as the case ran: other jobs skew a shared machine
+        "load": f"{os.getloadavg()[0]:.2f}",
     }
 
 

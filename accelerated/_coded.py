@@ -19,6 +19,7 @@ The sizes are checked with the file (:mod:`._file_checks`); :func:`decode_labels
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -42,8 +43,8 @@ __all__ = [
 #: Values per block: the decoder takes this many lockstep steps; the offsets cost about
 #: 20 bits per block, under 0.1 bit per value.
 BLOCK = 256
-#: The header bytes a part costs in the choice (its safetensors entry: name, dtype, shape, offsets).
-PART_BYTES = 64
+#: A part's entry in the safetensors header, besides its key, size and two offsets.
+_ENTRY = len('"":{"dtype":"U8","shape":[],"data_offsets":[,]},')
 _LAYOUT_PARTS = ("bitmap", "indptr", "indices")
 #: The sparse layout of coded positions.
 GAPS = "gaps"
@@ -66,27 +67,37 @@ def stream_sizes(
 
 
 def _encode(
-    values: Tensor, stream: str, domain: int, fixed: dict[str, Tensor]
+    values: Tensor, key: str, domain: int, fixed: dict[str, Tensor]
 ) -> tuple[dict[str, int], dict[str, Tensor]] | None:
-    """The coded stream of ``values`` if it costs fewer bytes than the ``fixed`` parts."""
+    """The coded stream ``key`` (``<name>.<stream>``) of ``values`` if it costs fewer bytes than
+    the ``fixed`` parts (by file key), header entries included."""
     flat = values.reshape(-1).long().cpu()
     a = int(torch.unique(flat).numel())
     # every value takes >= 1 bit and every symbol 8 + log2(D) bits: skip a hopeless (or huge) code
-    if a * (8 + bit_width(domain)) + flat.numel() >= 8 * _cost(fixed) or a > 1 << MAX_CODE_LENGTH:
+    if (
+        a * (8 + bit_width(domain)) + flat.numel() >= 8 * _cost(fixed, 1)
+        or a > 1 << MAX_CODE_LENGTH
+    ):
         return None
     code, lengths, symbols, offsets = huffman_encode(flat, BLOCK)
     desc = {"symbols": symbols.numel(), "bytes": code.numel(), "block": BLOCK}
     coded = {
-        f"{stream}_code": code,
-        f"{stream}_lengths": lengths.to(torch.uint8),
-        f"{stream}_symbols": pack_bits(symbols, bit_width(domain)),
-        f"{stream}_blocks": pack_bits(offsets, bit_width(8 * code.numel())),
+        f"{key}_code": code,
+        f"{key}_lengths": lengths.to(torch.uint8),
+        f"{key}_symbols": pack_bits(symbols, bit_width(domain)),
+        f"{key}_blocks": pack_bits(offsets, bit_width(8 * code.numel())),
     }
-    return (desc, coded) if _cost(coded) < _cost(fixed) else None
+    described = 2 * len(json.dumps({key: desc})) + 2  # escaped in the header; "gaps" vs "csr"
+    return (desc, coded) if _cost(coded, 20) + described < _cost(fixed, 1) else None
 
 
-def _cost(parts: dict[str, Tensor]) -> int:
-    return sum(t.numel() * t.element_size() + PART_BYTES for t in parts.values())
+def _cost(parts: dict[str, Tensor], digits: int) -> int:
+    """The bytes of ``parts`` (by file key) and of their header entries, with offsets of
+    ``digits`` digits (20: an upper bound, 1: a lower bound)."""
+    return sum(
+        t.numel() * t.element_size() + _ENTRY + len(key) + len(str(t.numel())) + 2 * digits
+        for key, t in parts.items()
+    )
 
 
 def gaps_of(positions: Tensor) -> Tensor:
@@ -96,34 +107,43 @@ def gaps_of(positions: Tensor) -> Tensor:
 
 
 def choose(
-    meta: dict[str, Any], parts: dict[str, Tensor], labels: Tensor | None, positions: Tensor | None
+    name: str,
+    meta: dict[str, Any],
+    parts: dict[str, Tensor],
+    labels: Tensor | None,
+    positions: Tensor | None,
 ) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """A tied or sparse record with each stream coded where that takes fewer bytes.
+    """The record of the tied or sparse tensor ``name``, each stream coded where that is smaller.
 
     ``labels`` are the labels (``None`` for an untied sparse weight) and ``positions`` the sparse
     weight's sorted flat positions (``None`` for a tied one). The description gets a ``coding``
-    field (empty when nothing is coded); a stream is coded when its parts, counting
-    :data:`PART_BYTES` of header each, take strictly fewer bytes than the fixed-width parts.
+    field (empty when nothing is coded). A stream is coded when its parts and an upper bound of
+    their header entries (offsets of 20 digits, the escaped description) take fewer bytes than the
+    fixed-width parts and a lower bound of theirs, so coding never makes a file larger but by the
+    ``coding`` field.
     """
-    meta, parts = dict(meta), dict(parts)
+    meta = dict(meta)
+    keyed = {f"{name}.{p}": t for p, t in parts.items()}
     coding: dict[str, Any] = {}
     if labels is not None and labels.numel() and meta["num_values"] > 1:
-        found = _encode(labels, "labels", meta["num_values"], {"labels": parts["labels"]})
+        key = f"{name}.labels"
+        found = _encode(labels, key, meta["num_values"], {key: keyed[key]})
         if found is not None:
             coding["labels"] = found[0]
-            del parts["labels"]
-            parts.update(found[1])
+            del keyed[key]
+            keyed.update(found[1])
     if positions is not None and positions.numel():
-        fixed: dict[str, Tensor] = {k: parts.pop(k) for k in _LAYOUT_PARTS if k in parts}
-        found = _encode(gaps_of(positions), "gaps", math.prod(meta["shape"]), fixed)
-        if found is None:
-            parts.update(fixed)
-        else:
+        layout = [f"{name}.{p}" for p in _LAYOUT_PARTS if f"{name}.{p}" in keyed]
+        fixed = {k: keyed[k] for k in layout}
+        found = _encode(gaps_of(positions), f"{name}.gaps", math.prod(meta["shape"]), fixed)
+        if found is not None:
             coding["gaps"] = found[0]
-            parts.update(found[1])
+            for k in layout:
+                del keyed[k]
+            keyed.update(found[1])
             meta["layout"] = GAPS
     meta["coding"] = coding
-    return meta, parts
+    return meta, {k.removeprefix(f"{name}."): t for k, t in keyed.items()}
 
 
 def _decode(

@@ -70,7 +70,7 @@ def collect(module: nn.Module, coding: bool = True) -> tuple[dict[str, Any], dic
         if coding and isinstance(e.structure, Tied | Sparse):
             s = e.structure
             positions = s.positions if isinstance(s, Sparse) else None
-            meta, parts = coded.choose(meta, parts, s.labels, positions)
+            meta, parts = coded.choose(e.name, meta, parts, s.labels, positions)
         try:
             json.dumps(meta)
         except (TypeError, ValueError) as err:

@@ -221,6 +221,41 @@ def test_coding_false_writes_the_version_1_file_and_both_load(tmp_path: Path) ->
     assert ws.storage(new).file_bytes == new.stat().st_size == ws.storage(m).file_bytes
 
 
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def _v1_model() -> torch.nn.Sequential:
+    """The model of ``fixtures/v1.safetensors``, which ``ws.save`` of commit 1b7b48e (before
+    coding, format version 1) wrote: tied, sparse-tied and sparse layers."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 16), torch.nn.Linear(16, 4))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.randint(0, 3, (8, 8)).float())
+        m[1].weight.mul_(torch.rand(16, 8) < 0.3).copy_(torch.round(m[1].weight * 4) / 4)
+        m[2].weight.mul_(torch.rand(4, 16) < 0.2)
+    ws.tie(m[0])
+    ws.compress(m[1])
+    ws.compress(m[2])
+    return m
+
+
+@pytest.mark.req("STORE-24")
+def test_a_file_of_the_previous_version_loads(tmp_path: Path) -> None:
+    old = FIXTURES / "v1.safetensors"
+    assert _header(old)["format_version"] == 1
+    fresh = torch.nn.Sequential(
+        torch.nn.Linear(8, 8), torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)
+    )
+    ws.load(fresh, old)
+    model = _v1_model()
+    x = torch.randn(3, 8)
+    assert torch.equal(fresh(x), model(x)) and repr(fresh) == repr(model)
+    for coding in (False, True):  # nothing here is worth coding: the same version-1 bytes
+        again = tmp_path / f"again{coding}.safetensors"
+        ws.save(fresh, again, coding=coding)
+        assert again.read_bytes() == old.read_bytes()
+
+
 def _weight(rows: int, cols: int, density: float, k: int, peak: float, seed: int) -> torch.Tensor:
     """A weight of the given density whose non-zeros take ``k`` values, uniform (``peak`` 0) to
     one value (``peak`` large)."""

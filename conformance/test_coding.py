@@ -6,8 +6,10 @@ decode each other's streams; ``ws.save`` codes where that is smaller and ``ws.lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,21 @@ def test_reference_and_accelerated_code_the_same_bytes(stream: tuple[np.ndarray,
     assert np.array_equal(ref.huffman_decode(*(t.numpy() for t in fast), n, block), values)
     as_torch = [torch.from_numpy(a) for a in mine]
     assert np.array_equal(ws.huffman_decode(*as_torch, n, block).numpy(), values)
+    with _small_groups():  # the accelerated decoder in groups of a few blocks
+        assert np.array_equal(ws.huffman_decode(*fast, n, block).numpy(), values)
+
+
+@contextlib.contextmanager
+def _small_groups() -> Iterator[None]:
+    """The accelerated decoder decodes groups of blocks of about 64 bits (2**22 otherwise)."""
+    from weightshare import _coding
+
+    saved = _coding._GROUP_BITS
+    _coding._GROUP_BITS = 64
+    try:
+        yield
+    finally:
+        _coding._GROUP_BITS = saved
 
 
 @pytest.mark.req("STORE-25")
@@ -95,7 +112,7 @@ def test_code_lengths_are_huffman_limited_and_canonical() -> None:
 
 
 @pytest.mark.req("STORE-27")
-@pytest.mark.parametrize("side", ["reference", "accelerated"])
+@pytest.mark.parametrize("side", ["reference", "accelerated", "accelerated-groups"])
 def test_decoders_refuse_invalid_streams(side: str) -> None:
     values = np.array([0, 0, 0, 1, 2, 0, 3, 0, 0, 1] * 20, dtype=np.int64)
     code, lengths, symbols, offsets = ref.huffman_encode(values, 64)
@@ -104,6 +121,9 @@ def test_decoders_refuse_invalid_streams(side: str) -> None:
         if side == "reference":
             return ref.huffman_decode(c, ln, sy, of, n, block)
         parts = [torch.from_numpy(np.asarray(x)) for x in (c, ln, sy, of)]
+        if side == "accelerated-groups":
+            with _small_groups():
+                return ws.huffman_decode(*parts, n, block).numpy()
         return ws.huffman_decode(*parts, n, block).numpy()
 
     assert np.array_equal(decode(code, lengths, symbols, offsets), values)

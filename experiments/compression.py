@@ -69,6 +69,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "dc_clusters": [32, 64],
         "dc_wsr_keep": [0.05],
         "dc_wsr_grid": [[1e-2, 1e-4]],
+        "dc_wsr_lr": 0.05,
         "finetune_epochs": 10,
     },
     "quick": {
@@ -89,6 +90,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "dc_clusters": [32, 64],
         "dc_wsr_keep": [0.05],
         "dc_wsr_grid": [[1e-2, 1e-4]],
+        "dc_wsr_lr": 0.05,
         "finetune_epochs": 4,
     },
     "smoke": {
@@ -109,6 +111,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "dc_clusters": [8],
         "dc_wsr_keep": [0.1],
         "dc_wsr_grid": [[1e-2, 1e-4]],
+        "dc_wsr_lr": 0.05,
         "finetune_epochs": 1,
     },
 }
@@ -315,12 +318,13 @@ def _dc_wsr(
         handle = ws.attach(opt, lam, params=weights, l1=l1)
         return handle, opt.register_step_post_hook(_keep_zeros(model, masks))
 
-    tc = TrainConfig(cfg["finetune_epochs"], cfg["lr"] / 5, cfg["batch_size"])
+    tc = TrainConfig(cfg["finetune_epochs"], cfg["dc_wsr_lr"], cfg["batch_size"])
     fit(model, split, tc, seed=seed + 1, hook=hook)
     before = accuracy(model, split.x_test, split.y_test)
     ws.compress(model)
     if accuracy(model, split.x_test, split.y_test) != before:
         raise AssertionError("ws.compress changed the outputs")
+    tc = TrainConfig(cfg["finetune_epochs"], cfg["lr"] / 5, cfg["batch_size"])
     fit(model, split, tc, seed=seed + 2)  # fine-tune the shared values
     extra = {"keep": keep, "lam": lam, "l1": l1, "compressed_acc": before}
     return _result(ws, model, split, extra)

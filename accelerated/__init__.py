@@ -37,6 +37,8 @@ _EXPORTS: dict[str, str] = {
     "bit_width": "._packing",
     "pack_bits": "._packing",
     "unpack_bits": "._packing",
+    "huffman_encode": "._coding",
+    "huffman_decode": "._coding",
 }
 _SUBMODULES = ("factorization", "hashing", "nn", "reference", "symmetry")
 
@@ -56,6 +58,8 @@ if TYPE_CHECKING:
     from ._api import soft_threshold as soft_threshold
     from ._attach import Attachment as Attachment
     from ._attach import attach as attach
+    from ._coding import huffman_decode as huffman_decode
+    from ._coding import huffman_encode as huffman_encode
     from ._compress import compress as compress
     from ._factorization import collapse as collapse
     from ._factorization import factorize as factorize

@@ -21,14 +21,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._coded import GAPS, STREAM_FIELDS, stream_sizes
 from ._hashing import HASHES
 from ._packing import bit_width
 from ._sparse import LAYOUTS
 from ._structures import KINDS
 from .reference._args import MAX_BUCKETS, check_alpha, check_radius, is_int, parse_kind
 
-#: The format version this weightshare writes and reads; a newer file is refused.
-FORMAT_VERSION = 1
+#: The format version this weightshare reads; a newer file is refused. ``ws.save`` writes the
+#: lowest that describes its file: 1 without coded parts, 2 with (STORE-24).
+FORMAT_VERSION = 2
 #: The deepest nesting of JSON arrays and objects a header may have (a written one has 4).
 MAX_NESTING = 32
 #: The most digits a JSON integer may have (the largest field, a seed, has 20).
@@ -49,6 +51,8 @@ FIELDS: dict[str, tuple[str, ...]] = {
     "factorized": (*_COMMON, "depth"),
     "sparse": (*_COMMON, "nnz", "num_values", "layout"),
 }
+#: The kinds whose description has a ``coding`` field from version 2 on, and its streams.
+CODED_STREAMS: dict[str, tuple[str, ...]] = {"tied": ("labels",), "sparse": ("labels", "gaps")}
 _HASH_KWARGS: dict[str, dict[str, Callable[[object], object]]] = {
     "uniform": {},
     "dense": {},
@@ -207,7 +211,7 @@ def group(
 
 
 def check_file(
-    metas: Mapping[str, Any], tensors: Mapping[str, Tensor], where: str
+    metas: Mapping[str, Any], tensors: Mapping[str, Tensor], where: str, version: int = 1
 ) -> dict[str, dict[str, Tensor]]:
     """Check every description and its parts; return the parts by name.
 
@@ -220,7 +224,7 @@ def check_file(
         raise ValueError(f"{where}: the file's tensors {shown(rest)} belong to no description")
     for name, meta in metas.items():
         try:
-            _check_parts(meta, _expected(meta, groups[name]), groups[name])
+            _check_parts(meta, _expected(meta, groups[name], version), groups[name])
         except ValueError as err:
             raise ValueError(f"{where}: tensor {short(name)}: {err}") from None
     return groups
@@ -300,14 +304,45 @@ def _packed(count: int, bits: int) -> tuple[str, int]:
     return ("packed", math.ceil(count * bits / 8))
 
 
-def _expected(meta: object, parts: Mapping[str, Tensor]) -> Expected:
+def _coding(meta: Mapping[str, Any], version: int, kind: str) -> dict[str, Any]:
+    """The ``coding`` field (version >= 2): an object of known streams (empty before)."""
+    if version < 2 or kind not in CODED_STREAMS:
+        return {}
+    coding: dict[str, Any] = _field(meta, "coding", dict, "an object")
+    unknown = sorted(coding.keys() - set(CODED_STREAMS[kind]))
+    if unknown:
+        raise ValueError(
+            f"field 'coding' has unknown stream(s) {shown(unknown)} (a {kind} tensor codes "
+            f"{list(CODED_STREAMS[kind])})"
+        )
+    return coding
+
+
+def _stream(coding: Mapping[str, Any], stream: str, count: int, domain: int) -> Expected:
+    """The parts of a coded stream of ``count`` values in ``[0, domain)``, its fields checked."""
+    desc = coding[stream]
+    where = f"coding {stream!r}"
+    if not isinstance(desc, dict) or desc.keys() != set(STREAM_FIELDS):
+        raise ValueError(f"{where} must be an object with exactly the fields {list(STREAM_FIELDS)}")
+    if count < 1:
+        raise ValueError(f"{where} codes no values: nothing to code")
+    try:
+        _field_int(desc, "symbols", 1, min(count, domain))
+        _field_int(desc, "bytes", 1, MAX_NUMEL // 8)
+        _field_int(desc, "block", 1, MAX_NUMEL)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    return dict(stream_sizes(desc, stream, count, domain))
+
+
+def _expected(meta: object, parts: Mapping[str, Tensor], version: int = 1) -> Expected:
     """Check a description's fields; return the parts it needs, each with its dtype and size."""
     if not isinstance(meta, dict):
         raise ValueError(f"the description must be a JSON object, got {_value(meta)}")
     if "kind" not in meta:
         raise ValueError("the description has no field 'kind'")
     kind = _enum(meta, "kind", KINDS)
-    fields = FIELDS[kind]
+    fields = FIELDS[kind] + (("coding",) if version >= 2 and kind in CODED_STREAMS else ())
     missing, unknown = [k for k in fields if k not in meta], sorted(meta.keys() - set(fields))
     if missing or unknown:
         problems = [f"missing field(s) {shown(missing)}"] if missing else []
@@ -323,6 +358,9 @@ def _expected(meta: object, parts: Mapping[str, Tensor]) -> Expected:
         bits = _field_int(meta, "bits", 0, 63)
         if bits != bit_width(k):
             raise ValueError(f"field 'bits' is {bits}, but {k} values take {bit_width(k)} bits")
+        coding = _coding(meta, version, kind)
+        if "labels" in coding:
+            return {"values": ("float", (k,)), **_stream(coding, "labels", numel, k)}
         return {"values": ("float", (k,)), "labels": _packed(numel, bits)}
     if kind == "hashed":
         return _expected_hashed(meta, shape, numel)
@@ -345,16 +383,25 @@ def _expected(meta: object, parts: Mapping[str, Tensor]) -> Expected:
     k = meta["num_values"]
     if k is not None:
         k = _field_int(meta, "num_values", 1, MAX_BUCKETS, "[1, 2**62] or null")
-    layout = _enum(meta, "layout", LAYOUTS)
+    coding = _coding(meta, version, kind)
+    layout = _enum(meta, "layout", LAYOUTS + ((GAPS,) if version >= 2 else ()))
+    if (layout == GAPS) != ("gaps" in coding):
+        raise ValueError(f"field 'layout' is {layout!r}: the layout {GAPS!r} goes with coded gaps")
+    if k is None and "labels" in coding:
+        raise ValueError("field 'coding' codes labels, but the tensor has no codebook")
     out: Expected = {"values": ("float", (nnz if k is None else k,))}
-    if layout == "bitmap":
+    if layout == GAPS:
+        out.update(_stream(coding, "gaps", nnz, numel))
+    elif layout == "bitmap":
         out["bitmap"] = _packed(numel, 1)
     else:
         rows = shape[0] if shape else 1
         cols = numel // rows if rows else 0
         out["indptr"] = _packed(rows + 1, bit_width(nnz + 1))
         out["indices"] = _packed(nnz, bit_width(max(cols, 1)))
-    if k is not None:
+    if k is not None and "labels" in coding:
+        out.update(_stream(coding, "labels", nnz, k))
+    elif k is not None:
         out["labels"] = _packed(nnz, bit_width(k))
     return out
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from . import _coded as coded
 from . import _file_checks as checks
 from ._dropped import tracking
 from ._factorization import Factorization
@@ -26,7 +27,7 @@ from ._hash_recipe import HashTables
 from ._hashed_layers import Hashed
 from ._memory_format import in_format
 from ._packing import bit_width, index_dtype, unpack_bits
-from ._sparse import Sparse, from_layout
+from ._sparse import Sparse, decode_positions, from_layout
 from ._structures import (
     Entry,
     Step,
@@ -54,14 +55,22 @@ def file_key(name: str, part: str) -> str:
     return f"{name}.{part}" if part else name
 
 
-def collect(module: nn.Module) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """``(header, tensors)`` of a model: the JSON metadata and the tensors by file key."""
+def collect(module: nn.Module, coding: bool = True) -> tuple[dict[str, Any], dict[str, Tensor]]:
+    """``(header, tensors)`` of a model: the JSON metadata and the tensors by file key.
+
+    With ``coding``, labels and sparse positions are entropy coded where that is smaller
+    (:mod:`._coded`); the header's version is the lowest that describes the file.
+    """
     metas: dict[str, Any] = {}
     shared: dict[str, str] = {}
     tensors: dict[str, Tensor] = {}
     seen: set[int] = set()
     for e in entries(module):
         meta, parts = e.record()
+        if coding and isinstance(e.structure, Tied | Sparse):
+            s = e.structure
+            positions = s.positions if isinstance(s, Sparse) else None
+            meta, parts = coded.choose(e.name, meta, parts, s.labels, positions)
         try:
             json.dumps(meta)
         except (TypeError, ValueError) as err:
@@ -74,23 +83,30 @@ def collect(module: nn.Module) -> tuple[dict[str, Any], dict[str, Tensor]]:
                 t = t.clone()
             seen.add(t.untyped_storage().data_ptr())
             tensors[file_key(e.name, part)] = t
-    header: dict[str, Any] = {"format_version": FORMAT_VERSION, "tensors": metas}
+    version = 2 if any(m.get("coding") for m in metas.values()) else 1
+    if version == 1:
+        for m in metas.values():
+            m.pop("coding", None)
+    header: dict[str, Any] = {"format_version": version, "tensors": metas}
     if shared:
         header[SHARED_KEY] = shared
     return header, tensors
 
 
-def save(module: nn.Module, path: PathLike) -> None:
+def save(module: nn.Module, path: PathLike, *, coding: bool = True) -> None:
     """Write ``module``'s compact tensors and structures to a ``.safetensors`` file.
 
     Every weight is stored in its structure's compact form (spec STORE-3): the values and
     bit-packed labels of a tied weight, the bucket values and the hash recipe of a hashed one, the
     free parameters of a symmetric one, the factors of a factorized one, the non-zeros of a
-    sparse one; plain tensors as they are.
+    sparse one; plain tensors as they are. The labels of tied and sparse-tied weights and the
+    positions of sparse ones are entropy coded (canonical Huffman, spec STORE-24) where that takes
+    fewer bytes than fixed-width; a file without coded parts has format version 1, as before.
 
     Args:
         module: The model (or one layer).
         path: The file to write (overwritten).
+        coding: Entropy code where smaller (``False``: fixed-width only, format version 1).
 
     Raises:
         ValueError: A tensor has a structure the file cannot describe (a chain of
@@ -98,7 +114,7 @@ def save(module: nn.Module, path: PathLike) -> None:
     """
     from safetensors.torch import save_file
 
-    header, tensors = collect(module)
+    header, tensors = collect(module, coding=bool(coding))
     save_file(tensors, os.fspath(path), metadata={METADATA_KEY: json.dumps(header)})
 
 
@@ -131,7 +147,7 @@ def read(path: PathLike, *, who: str = "ws.load") -> tuple[dict[str, Any], dict[
         )
     try:
         header = checks.parse_header(metadata[METADATA_KEY], where)
-        checks.check_file(header["tensors"], tensors, where)
+        checks.check_file(header["tensors"], tensors, where, header["format_version"])
     except ValueError as err:
         raise ValueError(f"{who}: {err}") from None
     return header, tensors
@@ -320,13 +336,17 @@ def _stage_tied(e: Entry, meta: Meta, parts: Parts) -> tuple[Step, list[str]]:
     if k < 1 or meta.get("bits", bit_width(k)) != bit_width(k):
         raise ValueError(f"num_values {k} and bits {meta.get('bits')} do not agree")
     values = _part(parts, "values", (k,))
-    flat = unpack_bits(_part(parts, "labels"), bit_width(k), e.numel, dtype=index_dtype(k))
+    stream = meta.get("coding", {}).get("labels")
+    if stream is not None:
+        flat = coded.decode_labels(stream, parts, e.numel, k).to(index_dtype(k))
+    else:
+        flat = unpack_bits(_part(parts, "labels"), bit_width(k), e.numel, dtype=index_dtype(k))
     bad = int((flat >= k).sum())
     if bad:
         raise ValueError(f"the packed labels have {bad} entries outside [0, {k})")
     labels = in_format(flat.reshape(e.shape).to(_device(e)), current_memory_format(e))
     tied = Tied(labels, k)
-    return restructure(e, tied, True, [values]), ["values", "labels"]
+    return restructure(e, tied, True, [values]), ["values", "labels"]  # (or the coded labels)
 
 
 def _stage_hashed(e: Entry, meta: Meta, parts: Parts) -> tuple[Step, list[str]]:
@@ -386,12 +406,39 @@ def _stage_factorized(e: Entry, meta: Meta, parts: Parts) -> tuple[Step, list[st
 
 def _stage_sparse(e: Entry, meta: Meta, parts: Parts) -> tuple[Step, list[str]]:
     _check_kind(e, "sparse")
-    layout = {**meta, **{p: t for p, t in parts.items() if p != "values"}}
-    positions, labels, k = from_layout(layout, e.shape, _device(e))
+    coding = meta.get("coding", {})
+    if coding:
+        positions, labels, k = _coded_layout(coding, meta, parts, e)
+    else:
+        layout = {**meta, **{p: t for p, t in parts.items() if p != "values"}}
+        positions, labels, k = from_layout(layout, e.shape, _device(e))
     values = _part(parts, "values", (positions.numel() if k is None else k,))
     structure = Sparse(e.shape, positions, labels, k, memory_format=current_memory_format(e))
-    needed = ["values", *(["bitmap"] if meta["layout"] == "bitmap" else ["indptr", "indices"])]
-    return restructure(e, structure, True, [values]), needed + ([] if k is None else ["labels"])
+    return restructure(e, structure, True, [values]), [
+        "values",
+        *(p for p in parts if p != "values"),
+    ]
+
+
+def _coded_layout(
+    coding: Meta, meta: Meta, parts: Parts, e: Entry
+) -> tuple[Tensor, Tensor | None, int | None]:
+    """``(positions, labels, num_values)`` of a sparse tensor with coded parts, checked."""
+    nnz, k = int(meta["nnz"]), meta["num_values"]
+    if "gaps" in coding:
+        positions = coded.decode_gaps(coding["gaps"], parts, nnz, e.numel)
+    else:
+        positions = decode_positions({**meta, **parts}, e.shape, nnz)
+    labels = None
+    if k is not None and "labels" in coding:
+        labels = coded.decode_labels(coding["labels"], parts, nnz, k)
+    elif k is not None:
+        labels = unpack_bits(_part(parts, "labels"), bit_width(k), nnz)
+        if bool((labels >= k).any()):
+            raise ValueError(f"the sparse labels have entries outside [0, {k})")
+    device = _device(e)
+    out = None if labels is None else labels.to(device=device, dtype=index_dtype(k or 1))
+    return positions.to(device=device, dtype=index_dtype(e.numel)), out, k
 
 
 _STAGERS: dict[str, Callable[[Entry, Meta, Parts], tuple[Step, list[str]]]] = {

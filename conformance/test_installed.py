@@ -39,6 +39,7 @@ def test_reference_names_match_accelerated() -> None:
     import weightshare.reference as ref
 
     shared = {"penalty", "prox", "clusters", "soft_threshold", "hashing", "symmetry"}
+    shared |= {"pack_bits", "unpack_bits", "bit_width", "huffman_encode", "huffman_decode"}
     missing = sorted(n for n in shared if n not in weightshare.__all__ or n not in ref.__all__)
     assert not missing, f"names missing on one side: {missing}"
 

@@ -519,8 +519,8 @@ def test_load_errors_change_nothing(tmp_path: Path) -> None:
     with safe_open(path, "pt") as f:
         header = json.loads(f.metadata()["weightshare"])
     newer = tmp_path / "newer.safetensors"
-    save_file(tensors, newer, {"weightshare": json.dumps({**header, "format_version": 2})})
-    cases.append((_model(structured=False), newer, "format version 2, newer than"))
+    save_file(tensors, newer, {"weightshare": json.dumps({**header, "format_version": 3})})
+    cases.append((_model(structured=False), newer, "format version 3, newer than"))
     # a corrupted part: labels beyond K, a truncated part, a missing part
     labels = tensors["1.weight.labels"]
     for i, (part, match) in enumerate(

@@ -301,7 +301,7 @@ def test_row12_fields_have_strict_types(tmp_path: Path) -> None:
     )
     for version, match in [(0, "must be an int >= 1"), (-5, "must be an int >= 1"),
                            (True, "must be an int >= 1"), ("1", "must be an int >= 1"),
-                           (2, "format version 2, newer than")]:  # fmt: skip
+                           (3, "format version 3, newer than")]:  # fmt: skip
         header = {**_saved()[0], "format_version": version}
         _refused(_write(tmp_path / "v.safetensors", header), match)
     _refused(_write(tmp_path / "top.safetensors", {**_saved()[0], "x": 1}), r"unknown key\(s\)")

@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS: dict[str, str] = {
     "bit_width": "._packing",
     "clusters": "._prox",
+    "code_lengths": "._coding",
+    "huffman_decode": "._coding",
+    "huffman_encode": "._coding",
     "isotonic": "._prox",
     "pack_bits": "._packing",
     "pava": "._prox",
@@ -33,6 +36,9 @@ if TYPE_CHECKING:
     from . import factorization as factorization
     from . import hashing as hashing
     from . import symmetry as symmetry
+    from ._coding import code_lengths as code_lengths
+    from ._coding import huffman_decode as huffman_decode
+    from ._coding import huffman_encode as huffman_encode
     from ._packing import bit_width as bit_width
     from ._packing import pack_bits as pack_bits
     from ._packing import unpack_bits as unpack_bits

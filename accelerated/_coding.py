@@ -1,0 +1,145 @@
+r"""Canonical Huffman coding of integer streams, vectorized (spec page *Storage*, STORE-24 ..).
+
+The format is the reference's (:mod:`weightshare.reference`, ``huffman_encode``): a canonical code
+over the distinct values, written most significant bit first, cut into blocks whose bit offsets
+are stored. The code lengths come from the reference's :func:`code_lengths` (a loop over the
+alphabet, not the values), so both encoders write the same bytes.
+
+Decoding is vectorized. The window of the next 24 bits is computed at **every** bit position of the
+stream; comparing it with the canonical limits (the left-aligned end of the codes of each length)
+gives the length, hence the next position and the symbol, of a code starting there. All blocks
+then advance in lockstep, one value per step: a gather of the next position of every block. A
+block must end exactly where the next one starts, so a wrong bit anywhere is caught.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .reference._args import check_int
+from .reference._coding import MAX_CODE_LENGTH, check_code, code_lengths
+
+__all__ = ["huffman_decode", "huffman_encode"]
+
+_L = MAX_CODE_LENGTH
+
+
+def _limits(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(order, limit)``: the symbols in canonical (length, value) order, and for each length
+    $\\ell \\in [1, 24]$ the left-aligned code just past the last code of length $\\le \\ell$."""
+    order = np.argsort(lengths, kind="stable")
+    per_length = np.bincount(lengths, minlength=_L + 1)[1:]
+    widths = per_length << (_L - np.arange(1, _L + 1, dtype=np.int64))
+    return order, np.cumsum(widths)
+
+
+def _windows(data: np.ndarray) -> np.ndarray:
+    """The next 24 bits at every bit position $p$ of the stream: the 4 bytes from $p / 8$,
+    shifted by $p \bmod 8$ (past the end the bits read 0)."""
+    padded = np.concatenate([data, np.zeros(3, dtype=np.uint8)]).astype(np.uint32)
+    size = data.size
+    word = padded[:size] << 24 | padded[1 : size + 1] << 16 | padded[2 : size + 2] << 8
+    word |= padded[3 : size + 3]
+    shifted = word[:, None] << np.arange(8, dtype=np.uint32)  # uint32: the high bits drop out
+    out: np.ndarray = (shifted >> np.uint32(32 - _L)).reshape(-1)
+    return out
+
+
+def huffman_encode(values: Tensor, block_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Code ``values`` (any shape, C order): the reference's ``huffman_encode``, vectorized.
+
+    Returns:
+        ``(code, lengths, symbols, offsets)`` as CPU tensors (uint8, int64, int64, int64).
+    """
+    b = check_int(block_size, "block_size")
+    if not isinstance(values, Tensor) or values.is_floating_point() or values.is_complex():
+        raise TypeError("values must be an integer torch.Tensor")
+    flat = values.detach().reshape(-1).long().cpu().numpy()
+    if flat.size == 0 or int(flat.min()) < 0 or b < 1:
+        raise ValueError("values must be a non-empty tensor of integers >= 0, block_size >= 1")
+    symbols, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    lengths = code_lengths(counts)
+    order = np.argsort(lengths, kind="stable")
+    left = np.zeros(symbols.size, dtype=np.int64)  # the Kraft partial sums, left-aligned codes
+    left[order[1:]] = np.cumsum(1 << (_L - lengths[order]))[:-1]
+    codes = left >> (_L - lengths)
+    n_i, c_i = lengths[inverse], codes[inverse]
+    ends = np.cumsum(n_i)
+    starts = ends - n_i
+    owner = np.repeat(np.arange(flat.size), n_i)
+    shift = ends[owner] - 1 - np.arange(int(ends[-1]), dtype=np.int64)
+    bits = ((c_i[owner] >> shift) & 1).astype(np.uint8)
+    return (
+        torch.from_numpy(np.packbits(bits)),
+        torch.from_numpy(lengths),
+        torch.from_numpy(symbols.astype(np.int64)),
+        torch.from_numpy(np.ascontiguousarray(starts[::b])),
+    )
+
+
+def huffman_decode(
+    code: Tensor, lengths: Tensor, symbols: Tensor, offsets: Tensor, count: int, block_size: int
+) -> Tensor:
+    """The ``count`` values coded in ``code``: the reference's ``huffman_decode``, vectorized.
+
+    Checks the code and the offsets before decoding, and every block's end after (see the
+    reference). Work and memory are linear in the stream's bits and ``count``.
+
+    Returns:
+        An int64 CPU tensor of ``count`` values.
+
+    Raises:
+        ValueError: The code, the offsets or the bits are invalid.
+    """
+    n, b = check_int(count, "count"), check_int(block_size, "block_size")
+    if n < 1 or b < 1:
+        raise ValueError(f"count and block_size must be >= 1, got {n} and {b}")
+    data = code.detach().cpu().numpy()
+    if data.dtype != np.uint8 or data.ndim != 1:
+        raise TypeError(f"code must be a uint8 vector, got dtype {code.dtype}")
+    lens = lengths.detach().cpu().long().numpy()
+    syms = symbols.detach().cpu().long().numpy()
+    check_code(lens, syms)
+    starts = offsets.detach().cpu().long().numpy().reshape(-1)
+    total, blocks = 8 * data.size, -(-n // b)
+    if starts.size != blocks:
+        raise ValueError(
+            f"{n} values in blocks of {b} need {blocks} block offsets, got {starts.size}"
+        )
+    if starts[0] != 0 or bool((np.diff(starts) <= 0).any()) or int(starts[-1]) >= total:
+        raise ValueError(f"the block offsets are not 0, increasing and below the {total} bits")
+    order, limit = _limits(lens)
+    pos = np.arange(total, dtype=np.int64)
+    window = _windows(data)
+    rank = np.searchsorted(limit, window, side="right")  # code length - 1; 24: not a code
+    valid = rank < _L
+    length = rank + 1
+    sink = total + 1  # where a step out of the stream, or from a non-code, goes and stays
+    nxt = np.full(total + 2, sink, dtype=np.int64)
+    ok = valid & (pos + length <= total)
+    nxt[:total][ok] = (pos + length)[ok]
+    steps = min(b, n)
+    lanes = np.empty((blocks, steps + 1), dtype=np.int64)
+    lanes[:, 0] = starts
+    for i in range(steps):  # every block advances by one value
+        lanes[:, i + 1] = nxt[lanes[:, i]]
+    last = n - (blocks - 1) * b
+    ends = lanes[:, steps].copy()
+    ends[-1] = lanes[-1, last]
+    bad = np.flatnonzero(ends[:-1] != starts[1:])
+    if bad.size:
+        j = int(bad[0])
+        raise ValueError(
+            f"block {j} ends at bit {ends[j]}, but the next block starts at {starts[j + 1]}"
+        )
+    end = int(ends[-1])
+    if not total - 8 < end <= total or int(data[-1]) & ((1 << (total - end)) - 1):
+        raise ValueError(f"the last block ends at bit {end}, not in a last byte padded with 0")
+    at_code = lanes[:, :steps].reshape(-1)[:n]
+    rank_at = rank[at_code]
+    lower = np.concatenate([[0], limit])[rank_at]  # the left-aligned first code of that length
+    base = np.concatenate([[0], np.cumsum(np.bincount(lens, minlength=_L + 1)[1:])])[rank_at]
+    index = base + ((window[at_code] - lower) >> (_L - 1 - rank_at))
+    return torch.from_numpy(syms[order[index]])

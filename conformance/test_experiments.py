@@ -576,7 +576,7 @@ def test_unrendered_math_is_found_outside_math_and_code(tmp_path: Path) -> None:
     assert any("page/index.html" in line and "): $" in line for line in found)
 
 
-@pytest.mark.req("EXP-60")
+@pytest.mark.req("EXP-60", "EXP-66")
 def test_compression_summary_schema(smoke_runs) -> None:
     summary, _ = smoke_runs["compression"]
     assert summary["dataset"] == "mnist5k"
@@ -595,6 +595,19 @@ def test_compression_summary_schema(smoke_runs) -> None:
     verdict = summary["verdict"]
     assert verdict["loss_points"] == 0.5 and verdict["goal_ratio"] == 40.0
     assert isinstance(verdict["goal_met"], bool) and verdict["text"]
+    # EXP-66: coded and fixed-width bytes, the entropy bound and the payload's ratio to it
+    assert summary["coded"] is True
+    for by_setting in recipes.values():
+        for s in by_setting.values():
+            for run in s["runs"]:
+                assert run["bytes"] <= run["fixed_bytes"] + 64 and run["header_bytes"] > 8
+                bound = run["entropy_bound"]
+                assert bound["bytes"] >= bound["float_bytes"] > 0
+                payload = run["bytes"] - run["header_bytes"]
+                assert run["entropy_ratio"] == pytest.approx(payload / bound["bytes"])
+    dense_run = dense["runs"][0]  # no labels, no gaps: the payload is the bound
+    assert dense_run["entropy_ratio"] == pytest.approx(1.0)
+    assert verdict["entropy_within"] == (verdict["entropy_ratio_max"] <= 1.2)
 
 
 @pytest.mark.req("EXP-65")
@@ -622,12 +635,13 @@ def test_compression_resumes_from_its_journal(
     assert json.loads(again["journal"]["reused_keys"][0])[1] == "dense"
 
     def comparable(summary: dict) -> dict:
-        return {k: v for k, v in summary.items() if k not in ("runtime_s", "journal", "measured_at")}
+        skip = ("runtime_s", "journal", "measured_at")
+        return {key: v for key, v in summary.items() if key not in skip}
 
     assert comparable(again) == comparable(full)
 
 
-@pytest.mark.req("EXP-65")
+@pytest.mark.req("EXP-67")
 def test_compression_dc_wsr_recipe(smoke_runs) -> None:
     summary, _ = smoke_runs["compression"]
     cfg, dense = summary["config"], summary["recipes"]["dense"]["dense"]
@@ -642,7 +656,6 @@ def test_compression_dc_wsr_recipe(smoke_runs) -> None:
 @pytest.mark.req("EXP-66")
 def test_entropy_bound_of_tied_and_sparse_weights() -> None:
     import weightshare as ws
-
     from experiments._entropy import entropy_bits, entropy_bound, gaps
 
     assert entropy_bits(torch.tensor([0, 0, 1, 1])) == pytest.approx(4.0)

@@ -35,9 +35,12 @@ def entropy_bits(values: Tensor) -> float:
 
 
 def gaps(positions: Tensor) -> Tensor:
-    """The zeros before each of the sorted flat positions: $p_0$, then $p_i - p_{i-1} - 1$."""
-    pos = positions.reshape(-1).long().cpu()
-    return torch.diff(pos, prepend=pos.new_full((1,), -1)) - 1
+    """The zeros before each of the sorted flat positions: $p_0$, then $p_i - p_{i-1} - 1$ (the
+    stream ``ws.save`` codes, STORE-24)."""
+    from weightshare._coded import gaps_of
+
+    out: Tensor = gaps_of(positions)
+    return out
 
 
 def entropy_bound(model: nn.Module) -> dict[str, Any]:

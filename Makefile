@@ -38,12 +38,14 @@ serve-docs: docs-src
 	$(VENV)/bin/mkdocs serve
 
 ## Benchmarks as JSON (bench.json), then the ratio tables (printed, and written to the snippet
-## spec/performance.md includes), then the storage tables (spec/_snippets/storage.md). One torch thread: on a shared 2-core machine two OpenMP threads
+## spec/performance.md includes), then the storage tables (spec/_snippets/storage.md) and the
+## entropy coding tables (spec/_snippets/coding.md). One torch thread: on a shared 2-core machine two OpenMP threads
 ## make torch ops erratic (override with OMP_NUM_THREADS=2 make bench).
 bench: install
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest conformance/benchmarks --benchmark-only --benchmark-json=bench.json -p no:randomly
 	$(PY) -m conformance.benchmarks.report bench.json
 	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m conformance.benchmarks.storage --write
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m conformance.benchmarks.coding --write
 
 ## On a machine with CUDA and its own python3 (no venv, no cvxpy, no network; nothing installed):
 ## the GPU benchmarks, the CUDA cases of the conformance suite (one process per file) and the

@@ -5,14 +5,18 @@ over the distinct values, written most significant bit first, cut into blocks wh
 are stored. The code lengths come from the reference's :func:`code_lengths` (a loop over the
 alphabet, not the values), so both encoders write the same bytes.
 
-Decoding is vectorized. The window of the next 24 bits is computed at **every** bit position of the
-stream; comparing it with the canonical limits (the left-aligned end of the codes of each length)
-gives the length, hence the next position and the symbol, of a code starting there. All blocks
+Decoding is vectorized. The code starting at **every** bit position of the stream is found at once:
+from a table of the next $\ell_{max}$ bits when the longest code has $\ell_{max} \le 16$ bits,
+else by comparing the next 24 bits with the canonical limits (the left-aligned end of the codes of
+each length); that gives the length, hence the next position; the symbols are looked up only where
+the codes start. All blocks
 then advance in lockstep, one value per step: a gather of the next position of every block. A
 block must end exactly where the next one starts, so a wrong bit anywhere is caught.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,25 +30,52 @@ __all__ = ["huffman_decode", "huffman_encode"]
 _L = MAX_CODE_LENGTH
 
 
-def _limits(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(order, limit)``: the symbols in canonical (length, value) order, and for each length
-    $\\ell \\in [1, 24]$ the left-aligned code just past the last code of length $\\le \\ell$."""
-    order = np.argsort(lengths, kind="stable")
-    per_length = np.bincount(lengths, minlength=_L + 1)[1:]
-    widths = per_length << (_L - np.arange(1, _L + 1, dtype=np.int64))
-    return order, np.cumsum(widths)
+#: Codes up to this long are decoded with a table of the next ``2**bits`` bit patterns.
+_TABLE_BITS = 16
 
 
-def _windows(data: np.ndarray) -> np.ndarray:
-    """The next 24 bits at every bit position $p$ of the stream: the 4 bytes from $p / 8$,
-    shifted by $p \bmod 8$ (past the end the bits read 0)."""
+def _windows(data: np.ndarray, bits: int) -> np.ndarray:
+    """The next ``bits`` bits (<= 24) at every bit position $p$ of the stream: the 4 bytes from
+    $p / 8$, shifted by $p \bmod 8$ (past the end the bits read 0)."""
     padded = np.concatenate([data, np.zeros(3, dtype=np.uint8)]).astype(np.uint32)
     size = data.size
     word = padded[:size] << 24 | padded[1 : size + 1] << 16 | padded[2 : size + 2] << 8
     word |= padded[3 : size + 3]
     shifted = word[:, None] << np.arange(8, dtype=np.uint32)  # uint32: the high bits drop out
-    out: np.ndarray = (shifted >> np.uint32(32 - _L)).reshape(-1)
+    out: np.ndarray = (shifted >> np.uint32(32 - bits)).reshape(-1)
     return out
+
+
+def _decoder(data: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, Any]:
+    """``(window, length, rank_of)`` of a stream: the next bits at every bit position, the length
+    of the code starting there (0 where they are no code) and a function from windows to the
+    rank of their symbol in canonical (length, value) order."""
+    order = np.argsort(lengths, kind="stable")
+    sorted_lengths = lengths[order]
+    top = int(sorted_lengths[-1])
+    if top <= _TABLE_BITS:  # a table of the next `top` bits: each code fills 2**(top - l) rows
+        spans = np.left_shift(1, top - sorted_lengths)
+        used = int(spans.sum())
+        table_length = np.zeros(1 << top, dtype=np.uint8)  # 0: no code (an incomplete code)
+        table_length[:used] = np.repeat(sorted_lengths, spans)
+        table_rank = np.zeros(1 << top, dtype=np.int64)
+        table_rank[:used] = np.repeat(np.arange(order.size), spans)
+        window = _windows(data, top)
+        return window, table_length[window], table_rank.__getitem__
+    # compare the next 24 bits with the left-aligned end of the codes of each length
+    per_length = np.bincount(lengths, minlength=_L + 1)[1:]
+    limit = np.cumsum(per_length << (_L - np.arange(1, _L + 1, dtype=np.int64)))
+    lower = np.concatenate([[0], limit])  # the left-aligned first code of each length - 1
+    base = np.concatenate([[0], np.cumsum(per_length)])  # the symbols of shorter codes
+    window = _windows(data, _L).astype(np.int64)
+    short = np.searchsorted(limit, window, side="right")  # length - 1; 24: no code
+
+    def rank_of(w: np.ndarray) -> np.ndarray:
+        k = np.searchsorted(limit, w, side="right")
+        rank: np.ndarray = base[k] + ((w - lower[k]) >> (_L - 1 - k))
+        return rank
+
+    return window, np.where(short < _L, short + 1, 0), rank_of
 
 
 def huffman_encode(values: Tensor, block_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -110,24 +141,21 @@ def huffman_decode(
         )
     if starts[0] != 0 or bool((np.diff(starts) <= 0).any()) or int(starts[-1]) >= total:
         raise ValueError(f"the block offsets are not 0, increasing and below the {total} bits")
-    order, limit = _limits(lens)
-    pos = np.arange(total, dtype=np.int64)
-    window = _windows(data)
-    rank = np.searchsorted(limit, window, side="right")  # code length - 1; 24: not a code
-    valid = rank < _L
-    length = rank + 1
+    window, length, rank_of = _decoder(data, lens)
+    index = np.int32 if total < 1 << 30 else np.int64
     sink = total + 1  # where a step out of the stream, or from a non-code, goes and stays
-    nxt = np.full(total + 2, sink, dtype=np.int64)
-    ok = valid & (pos + length <= total)
-    nxt[:total][ok] = (pos + length)[ok]
+    nxt = np.full(total + _L + 2, sink, dtype=index)
+    nxt[:total] = np.arange(total, dtype=index) + length
+    if not bool(length.all()):
+        nxt[:total][length == 0] = sink
     steps = min(b, n)
-    lanes = np.empty((blocks, steps + 1), dtype=np.int64)
-    lanes[:, 0] = starts
+    lanes = np.empty((steps + 1, blocks), dtype=index)  # row i: where each block's i-th code starts
+    lanes[0] = at = starts
     for i in range(steps):  # every block advances by one value
-        lanes[:, i + 1] = nxt[lanes[:, i]]
+        lanes[i + 1] = at = nxt[at]
     last = n - (blocks - 1) * b
-    ends = lanes[:, steps].copy()
-    ends[-1] = lanes[-1, last]
+    ends = lanes[steps].copy()
+    ends[-1] = lanes[last, -1]
     bad = np.flatnonzero(ends[:-1] != starts[1:])
     if bad.size:
         j = int(bad[0])
@@ -137,9 +165,5 @@ def huffman_decode(
     end = int(ends[-1])
     if not total - 8 < end <= total or int(data[-1]) & ((1 << (total - end)) - 1):
         raise ValueError(f"the last block ends at bit {end}, not in a last byte padded with 0")
-    at_code = lanes[:, :steps].reshape(-1)[:n]
-    rank_at = rank[at_code]
-    lower = np.concatenate([[0], limit])[rank_at]  # the left-aligned first code of that length
-    base = np.concatenate([[0], np.cumsum(np.bincount(lens, minlength=_L + 1)[1:])])[rank_at]
-    index = base + ((window[at_code] - lower) >> (_L - 1 - rank_at))
-    return torch.from_numpy(syms[order[index]])
+    at_code = lanes[:steps].T.reshape(-1)[:n]
+    return torch.from_numpy(syms[np.argsort(lens, kind="stable")[rank_of(window[at_code])]])

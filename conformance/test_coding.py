@@ -54,6 +54,21 @@ def test_reference_and_accelerated_code_the_same_bytes(stream: tuple[np.ndarray,
 
 
 @pytest.mark.req("STORE-25")
+def test_long_codes_decode_the_same() -> None:
+    # Fibonacci counts: codes of up to 19 bits, past the accelerated decoder's 16-bit table
+    fib = [1, 1]
+    while len(fib) < 20:
+        fib.append(fib[-1] + fib[-2])
+    values = np.random.default_rng(0).permutation(np.repeat(np.arange(20), fib))
+    mine = ref.huffman_encode(values, 100)
+    fast = ws.huffman_encode(torch.from_numpy(values), 100)
+    assert int(mine[1].max()) == 19
+    assert all(np.array_equal(a, b.numpy()) for a, b in zip(mine, fast, strict=True))
+    assert np.array_equal(ws.huffman_decode(*fast, values.size, 100).numpy(), values)
+    assert np.array_equal(ref.huffman_decode(*mine, values.size, 100), values)
+
+
+@pytest.mark.req("STORE-25")
 def test_code_lengths_are_huffman_limited_and_canonical() -> None:
     assert ref.code_lengths(np.array([5])).tolist() == [1]
     assert ref.code_lengths(np.array([1, 1, 1, 1])).tolist() == [2, 2, 2, 2]

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import weightshare as ws
+import weightshare.reference as ref
 from weightshare import hashing
 from weightshare import nn as wnn
 from weightshare._storage import main as storage_main
@@ -99,9 +100,14 @@ def _unchanged(module: torch.nn.Module, before: tuple) -> bool:
     )
 
 
-def _refused(path: Path, match: str = "", bound: int | None = PEAK_BOUND) -> str:
+def _refused(
+    path: Path,
+    match: str = "",
+    bound: int | None = PEAK_BOUND,
+    model: torch.nn.Module | None = None,
+) -> str:
     """Load ``path``: a short ValueError naming the file, memory bounded, nothing changed."""
-    model = _model(structured=False)
+    model = _model(structured=False) if model is None else model
     before = _snapshot(model)
     if bound is not None:
         tracemalloc.start()
@@ -502,3 +508,221 @@ def test_hostile_metadata_is_refused_or_loaded_correctly(
     assert code in (0, 1) and (
         code == 0 or (err_text.startswith("error: ") and err_text.count("\n") == 1)
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# entropy-coded parts (STORE-27)
+
+#: 6 values, one of them dominant: coded labels and gaps are smaller than fixed-width ones
+_PEAKED = torch.tensor([0.8, 0.1, 0.05, 0.03, 0.01, 0.01])
+
+
+def _coded_model(structured: bool = True) -> torch.nn.Sequential:
+    """A sparse-tied layer (6 % non-zeros) with coded gaps and labels, a tied one with coded labels
+    (K = 6, so a 3-bit symbol can say 6 or 7)."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.Linear(100, 100))
+    if structured:
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            labels = torch.multinomial(_PEAKED, 256 * 256, replacement=True, generator=g)
+            mask = torch.rand(256 * 256, generator=g) < 0.06
+            m[0].weight.copy_(((labels + 1).float() * mask).reshape(256, 256))
+            labels = torch.multinomial(_PEAKED, 100 * 100, replacement=True, generator=g)
+            m[1].weight.copy_(labels.float().reshape(100, 100))
+        ws.compress(m[0])
+        ws.tie(m[1])
+    return m
+
+
+_CODED: dict[str, Any] = {}
+
+
+def _coded_saved() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    if not _CODED:
+        from weightshare._serialize import collect
+
+        header, tensors = collect(_coded_model())
+        assert header["tensors"]["0.weight"]["coding"].keys() == {"labels", "gaps"}
+        assert header["tensors"]["1.weight"]["coding"].keys() == {"labels"}
+        _CODED.update(header=header, tensors={k: t.clone() for k, t in tensors.items()})
+    return copy.deepcopy(_CODED["header"]), dict(_CODED["tensors"])
+
+
+def _recode(
+    header: dict[str, Any], tensors: dict[str, torch.Tensor], name: str, stream: str, values: Any
+) -> None:
+    """Replace a coded stream by the code of ``values`` (a valid stream of other values)."""
+    meta = header["tensors"][name]
+    domain = meta["num_values"] if stream == "labels" else math.prod(meta["shape"])
+    code, lengths, symbols, offsets = ws.huffman_encode(torch.as_tensor(values), 256)
+    meta["coding"][stream] = {"symbols": symbols.numel(), "bytes": code.numel(), "block": 256}
+    key = f"{name}.{stream}"
+    tensors[f"{key}_code"], tensors[f"{key}_lengths"] = code, lengths.to(torch.uint8)
+    tensors[f"{key}_symbols"] = ws.pack_bits(symbols, ws.bit_width(domain))
+    tensors[f"{key}_blocks"] = ws.pack_bits(offsets, ws.bit_width(8 * code.numel()))
+
+
+def _coded_refused(path: Path, match: str) -> str:
+    return _refused(path, match, model=_coded_model(structured=False))
+
+
+@pytest.mark.req("STORE-27")
+def test_coded_parts_are_checked_before_use(tmp_path: Path) -> None:
+    # the legit file loads and computes what the saved model computes
+    header, tensors = _coded_saved()
+    fresh = ws.load(
+        _coded_model(structured=False), _write(tmp_path / "ok.safetensors", header, tensors)
+    )
+    x = torch.randn(2, 256)
+    saved = _coded_model()
+    assert torch.equal(fresh[0](x), saved[0](x)) and torch.equal(fresh[1].weight, saved[1].weight)
+    labels = saved[1].parametrizations.weight[0].labels.reshape(-1)
+    gaps = (
+        torch.diff(saved[0].parametrizations.weight[0].positions.long(), prepend=torch.tensor([-1]))
+        - 1
+    )
+    n = 0
+
+    def case(edit: Any, match: str) -> None:
+        nonlocal n
+        header, tensors = _coded_saved()
+        edit(header, tensors)
+        n += 1
+        _coded_refused(_write(tmp_path / f"c{n}.safetensors", header, tensors), match)
+
+    def put(key: str, value: torch.Tensor) -> Any:
+        return lambda h, t: t.update({key: value})
+
+    code = tensors["1.weight.labels_code"]
+    # a truncated stream: its part is shorter than described, or described shorter and undecodable
+    case(put("1.weight.labels_code", code[:-1].clone()), r"'1\.weight': part 'labels_code' has")
+
+    def shorter(h: dict, t: dict) -> None:
+        desc = h["tensors"]["1.weight"]["coding"]["labels"]
+        width, blocks = ws.bit_width(8 * desc["bytes"]), math.ceil(10_000 / 256)
+        offsets = ws.unpack_bits(t["1.weight.labels_blocks"], width, blocks)
+        desc["bytes"] -= 1
+        t["1.weight.labels_code"] = code[:-1].clone()
+        t["1.weight.labels_blocks"] = ws.pack_bits(offsets, ws.bit_width(8 * desc["bytes"]))
+
+    case(shorter, r"'1\.weight': coded labels: the last block ends")
+    # code lengths that violate Kraft's inequality, or out of [1, 24]
+    lengths = tensors["0.weight.gaps_lengths"]
+    case(
+        put("0.weight.gaps_lengths", torch.ones_like(lengths)), r"'0\.weight': coded gaps: .*Kraft"
+    )
+    case(put("0.weight.gaps_lengths", lengths + 24), r"coded gaps: the code lengths must be in")
+    # block offsets out of order or out of the stream
+    desc = header["tensors"]["0.weight"]["coding"]["gaps"]
+    width, blocks = (
+        ws.bit_width(8 * desc["bytes"]),
+        math.ceil(header["tensors"]["0.weight"]["nnz"] / 256),
+    )
+    offsets = ws.unpack_bits(tensors["0.weight.gaps_blocks"], width, blocks)
+    for bad in (0, (1 << width) - 1):
+        moved = offsets.clone()
+        moved[-1] = bad
+        case(put("0.weight.gaps_blocks", ws.pack_bits(moved, width)), r"coded gaps: (the )?block")
+    # a stream of one value fewer than described (the count is the shape's)
+    case(
+        lambda h, t: _recode(h, t, "1.weight", "labels", labels[:-1]),
+        "coded labels: the last block",
+    )
+    # gaps that put the last non-zero past the end of the tensor
+    past = gaps.clone()
+    past[-1] += 65_536 - int(gaps.add(1).sum()) + 1  # the last position is 65536
+    case(lambda h, t: _recode(h, t, "0.weight", "gaps", past), "run past the 65536 entries")
+    # a symbol (hence a label) >= K: 3 bits hold 7, K = 6
+    symbols = ws.unpack_bits(tensors["1.weight.labels_symbols"], 3, 6)
+    symbols[-1] = 7
+    case(put("1.weight.labels_symbols", ws.pack_bits(symbols, 3)), r"labels outside \[0, 6\)")
+
+    # descriptions: the coding field and its streams are checked like every field
+    def field(**fields: Any) -> Any:
+        return lambda h, t: h["tensors"]["1.weight"]["coding"]["labels"].update(fields)
+
+    tied = header["tensors"]["1.weight"]
+    edits = [
+        (lambda h, t: h.update(format_version=1), r"unknown field\(s\) \['coding'\]"),
+        (lambda h, t: h["tensors"]["1.weight"].pop("coding"), r"missing field\(s\) \['coding'\]"),
+        (lambda h, t: h["tensors"]["1.weight"]["coding"].update(gaps={}), "unknown stream"),
+        (lambda h, t: h["tensors"]["0.weight"].update(layout="csr"), "goes with coded gaps"),
+        (
+            lambda h, t: h["tensors"]["1.weight"].update(coding={"labels": [1]}),
+            "exactly the fields",
+        ),
+        (field(symbols=7), r"'symbols' must be in \[1, 6\]"),
+        (field(bytes=0), "'bytes' must be in"),
+        (field(block=True), "'block' must be an int"),
+        (field(block=10**30), "'block' must be in"),
+        (field(block=tied["coding"]["labels"]["block"] // 2), "part 'labels_blocks' has"),
+    ]
+    for edit, match in edits:
+        case(edit, match)
+
+
+_STREAM_PARTS = ("code", "lengths", "symbols", "blocks")
+
+
+def _reference_streams(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The labels and positions of the coded model's file, decoded by the reference (or a
+    ValueError)."""
+    import numpy as np
+
+    out = {}
+    for name, meta in header["tensors"].items():
+        for stream, desc in meta.get("coding", {}).items():
+            count = meta["nnz"] if meta["kind"] == "sparse" else math.prod(meta["shape"])
+            domain = meta["num_values"] if stream == "labels" else math.prod(meta["shape"])
+            part = {
+                p: tensors[f"{name}.{stream}_{p}"].numpy()
+                for p in ("code", "lengths", "symbols", "blocks")
+            }
+            symbols = ref.unpack_bits(part["symbols"], ref.bit_width(domain), desc["symbols"])
+            if (symbols >= domain).any():
+                raise ValueError("a symbol outside the domain")
+            blocks = -(-count // desc["block"])
+            offsets = ref.unpack_bits(part["blocks"], ref.bit_width(8 * desc["bytes"]), blocks)
+            values = ref.huffman_decode(
+                part["code"], part["lengths"], symbols, offsets, count, desc["block"]
+            )
+            if stream == "gaps":
+                values = np.cumsum(values + 1) - 1
+                if values[-1] >= domain:
+                    raise ValueError("past the end")
+            out[f"{name}.{stream}"] = values
+    return out
+
+
+@pytest.mark.req("STORE-27")
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    part=st.sampled_from(["0.weight.gaps", "0.weight.labels", "1.weight.labels"]),
+    kind=st.sampled_from(_STREAM_PARTS),
+    index=st.integers(0, 1 << 20),
+    value=st.integers(0, 255),
+)
+def test_damaged_coded_parts_are_refused_or_decoded_as_the_reference_does(
+    tmp_path: Path, part: str, kind: str, index: int, value: int
+) -> None:
+    header, tensors = _coded_saved()
+    key = f"{part}_{kind}"
+    damaged = tensors[key].clone()
+    damaged[index % damaged.numel()] = value
+    tensors[key] = damaged
+    path = _write(tmp_path / "damaged.safetensors", header, tensors)
+    try:
+        expected = _reference_streams(header, tensors)
+    except ValueError:
+        event("refused")
+        _coded_refused(path, "coded")
+        return
+    event("loaded")
+    fresh = ws.load(_coded_model(structured=False), path)
+    sparse, tied = fresh[0].parametrizations.weight[0], fresh[1].parametrizations.weight[0]
+    assert (sparse.positions.long().numpy() == expected["0.weight.gaps"]).all()
+    assert (sparse.labels.long().numpy() == expected["0.weight.labels"]).all()
+    assert (tied.labels.reshape(-1).long().numpy() == expected["1.weight.labels"]).all()

@@ -50,7 +50,7 @@ def load(path: Path) -> tuple[dict[Key, dict[str, float]], list[dict], dict]:
         if "memory" in extra:
             memory.append(extra["memory"])
             continue
-        if extra.get("suite") == "hashed":  # test_bench_hashed.py: see hashed_table
+        if extra.get("suite") in ("hashed", "coding"):  # hashed_table; coding.py's own snippet
             continue
         if "what" in extra:
             ragged[(extra["dtype"], extra["impl"])][extra["what"]] = bench["stats"]["median"]

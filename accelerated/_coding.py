@@ -16,6 +16,7 @@ block must end exactly where the next one starts, so a wrong bit anywhere is cau
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,10 @@ __all__ = ["huffman_decode", "huffman_encode"]
 _L = MAX_CODE_LENGTH
 
 
+#: Values coded per chunk: the encoder's memory is a few dozen bytes per value of a chunk.
+_CHUNK = 1 << 16
+#: The bits decoded at once (whole blocks, at least one): bounds the decoder's transient memory.
+_GROUP_BITS = 1 << 22
 #: Codes up to this long are decoded with a table of the next ``2**bits`` bit patterns.
 _TABLE_BITS = 16
 
@@ -96,18 +101,31 @@ def huffman_encode(values: Tensor, block_size: int) -> tuple[Tensor, Tensor, Ten
     left = np.zeros(symbols.size, dtype=np.int64)  # the Kraft partial sums, left-aligned codes
     left[order[1:]] = np.cumsum(1 << (_L - lengths[order]))[:-1]
     codes = left >> (_L - lengths)
-    n_i, c_i = lengths[inverse], codes[inverse]
-    ends = np.cumsum(n_i)
-    starts = ends - n_i
-    owner = np.repeat(np.arange(flat.size), n_i)
-    shift = ends[owner] - 1 - np.arange(int(ends[-1]), dtype=np.int64)
-    bits = ((c_i[owner] >> shift) & 1).astype(np.uint8)
+    n_i = lengths[inverse]
+    starts = np.cumsum(n_i) - n_i
     return (
-        torch.from_numpy(np.packbits(bits)),
+        torch.from_numpy(_write(codes[inverse], n_i)),
         torch.from_numpy(lengths),
         torch.from_numpy(symbols.astype(np.int64)),
         torch.from_numpy(np.ascontiguousarray(starts[::b])),
     )
+
+
+def _write(codes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The bytes of the codes written one after the other, most significant bit first, in
+    chunks of :data:`_CHUNK` codes (the bits past the last whole byte carried to the next)."""
+    out, carry = [], np.zeros(0, dtype=np.uint8)
+    for start in range(0, codes.size, _CHUNK):
+        c, n = codes[start : start + _CHUNK], lengths[start : start + _CHUNK]
+        ends = np.cumsum(n)
+        owner = np.repeat(np.arange(c.size), n)
+        shift = ends[owner] - 1 - np.arange(int(ends[-1]), dtype=np.int64)
+        bits = np.concatenate([carry, ((c[owner] >> shift) & 1).astype(np.uint8)])
+        whole = bits.size - bits.size % 8
+        out.append(np.packbits(bits[:whole]))
+        carry = bits[whole:]
+    out.append(np.packbits(carry))
+    return np.concatenate(out)
 
 
 def huffman_decode(
@@ -141,29 +159,54 @@ def huffman_decode(
         )
     if starts[0] != 0 or bool((np.diff(starts) <= 0).any()) or int(starts[-1]) >= total:
         raise ValueError(f"the block offsets are not 0, increasing and below the {total} bits")
-    window, length, rank_of = _decoder(data, lens)
+    counts = np.full(blocks, b, dtype=np.int64)
+    counts[-1] = n - (blocks - 1) * b
+    ranks, ends = [], np.empty(blocks, dtype=np.int64)
+    first = 0
+    while first < blocks:  # groups of blocks of at most _GROUP_BITS bits (at least one block)
+        stop = max(first + 1, int(np.searchsorted(starts, starts[first] + _GROUP_BITS, "right")))
+        base = int(starts[first]) // 8
+        high = int(starts[stop]) if stop < blocks else total
+        got, ends[first:stop] = _decode_blocks(
+            data[base : -(-high // 8)], lens, starts[first:stop] - 8 * base, counts[first:stop],
+            high - 8 * base,
+        )  # fmt: skip
+        ends[first:stop] += 8 * base
+        bad = np.flatnonzero(ends[first : stop - (stop == blocks)] != starts[first + 1 : stop + 1])
+        if bad.size:
+            j = first + int(bad[0])
+            raise ValueError(
+                f"block {j} ends at bit {ends[j]}, but the next block starts at {starts[j + 1]}"
+            )
+        end = int(ends[-1])
+        if stop == blocks and (
+            not total - 8 < end <= total or int(data[-1]) & ((1 << (total - end)) - 1)
+        ):
+            raise ValueError(f"the last block ends at bit {end}, not in a last byte padded with 0")
+        ranks.append(got())  # the blocks' codes are valid: their ranks
+        first = stop
+    rank = np.concatenate(ranks)
+    return torch.from_numpy(syms[np.argsort(lens, kind="stable")[rank]])
+
+
+def _decode_blocks(
+    data: np.ndarray, lengths: np.ndarray, starts: np.ndarray, counts: np.ndarray, total: int
+) -> tuple[Callable[[], np.ndarray], np.ndarray]:
+    """``(ranks, ends)`` of blocks starting at the bits ``starts`` of ``data`` with ``counts``
+    values each (only the last may have fewer), all in the first ``total`` bits: the bit where
+    each block ends (past ``total``: not a code), and a function that returns the canonical ranks
+    of their values, to call once the ends are checked."""
+    window, length, rank_of = _decoder(data, lengths)
     index = np.int32 if total < 1 << 30 else np.int64
-    sink = total + 1  # where a step out of the stream, or from a non-code, goes and stays
+    sink = total + 1  # where a step out of the bits, or from a non-code, goes and stays
     nxt = np.full(total + _L + 2, sink, dtype=index)
-    nxt[:total] = np.arange(total, dtype=index) + length
-    if not bool(length.all()):
-        nxt[:total][length == 0] = sink
-    steps = min(b, n)
-    lanes = np.empty((steps + 1, blocks), dtype=index)  # row i: where each block's i-th code starts
+    nxt[:total] = np.arange(total, dtype=index) + length[:total]
+    if not bool(length[:total].all()):
+        nxt[:total][length[:total] == 0] = sink
+    steps = int(counts[0])
+    lanes = np.empty((steps + 1, starts.size), dtype=index)  # row i: each block's i-th code
     lanes[0] = at = starts
     for i in range(steps):  # every block advances by one value
         lanes[i + 1] = at = nxt[at]
-    last = n - (blocks - 1) * b
-    ends = lanes[steps].copy()
-    ends[-1] = lanes[last, -1]
-    bad = np.flatnonzero(ends[:-1] != starts[1:])
-    if bad.size:
-        j = int(bad[0])
-        raise ValueError(
-            f"block {j} ends at bit {ends[j]}, but the next block starts at {starts[j + 1]}"
-        )
-    end = int(ends[-1])
-    if not total - 8 < end <= total or int(data[-1]) & ((1 << (total - end)) - 1):
-        raise ValueError(f"the last block ends at bit {end}, not in a last byte padded with 0")
-    at_code = lanes[:steps].T.reshape(-1)[:n]
-    return torch.from_numpy(syms[np.argsort(lens, kind="stable")[rank_of(window[at_code])]])
+    ends = lanes[counts, np.arange(starts.size)].astype(np.int64)
+    return lambda: rank_of(window[lanes[:steps].T.reshape(-1)[: int(counts.sum())]]), ends

@@ -3,8 +3,9 @@
 The file holds, for every logical tensor (:mod:`._structures`), the tensors of its structure under
 ``<name>`` (a dense tensor) or ``<name>.<part>`` (``0.weight.values``, ``0.weight.labels``, …), and
 one metadata entry ``"weightshare"``: JSON ``{"format_version": 1, "tensors": {name: meta}}``, where
-``meta`` names the structure and its arguments. No pickle: the file is safetensors' header and raw
-little-endian tensor bytes, readable (and memory-mappable) by every safetensors loader.
+``meta`` names the structure and its arguments (version 2 when labels or positions are entropy
+coded, :mod:`._coded`). No pickle: the file is safetensors' header and raw little-endian tensor
+bytes, readable (and memory-mappable) by every safetensors loader.
 """
 
 from __future__ import annotations

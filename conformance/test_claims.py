@@ -149,10 +149,13 @@ def test_benchmark_report_is_stamped_with_the_run_commit_and_date(tmp_path: Path
 def test_storage_tables_and_summaries_are_stamped() -> None:
     import subprocess
 
-    from conformance.benchmarks import _stamp, storage
+    from conformance.benchmarks import _stamp, coding, storage
 
     text = storage.render([], [], _stamp.stamp("abc", "2026-12-04"))
     assert text.startswith("Measured at commit abc on 2026-12-04.\n\n| module |")
+    rows = [("`w`", 1, 2, 3, 4.0)]
+    text = coding.render(rows, (10, 5), [(2.0, 1.0), (3.0, 1.5)], _stamp.stamp("abc", "2026-12-04"))
+    assert text.startswith("Measured at commit abc on 2026-12-04.\n\n| weight |")
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=publish.ROOT, capture_output=True, text=True
     )
@@ -165,6 +168,6 @@ def test_storage_tables_and_summaries_are_stamped() -> None:
     summary = {"measured_at": {"commit": "abc", "date": "2026-12-04"}}
     assert publish._measured(summary) == "commit abc on 2026-12-04"
     assert publish._measured({}) == "commit not recorded on not recorded"
-    for name in ("performance", "storage"):  # the committed tables say so too
+    for name in ("performance", "storage", "coding"):  # the committed tables say so too
         first = (publish.ROOT / "spec" / "_snippets" / f"{name}.md").read_text("utf-8")
         assert first.startswith("Measured at commit ")

@@ -6,8 +6,10 @@ decode each other's streams; ``ws.save`` codes where that is smaller and ``ws.lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,21 @@ def test_reference_and_accelerated_code_the_same_bytes(stream: tuple[np.ndarray,
     assert np.array_equal(ref.huffman_decode(*(t.numpy() for t in fast), n, block), values)
     as_torch = [torch.from_numpy(a) for a in mine]
     assert np.array_equal(ws.huffman_decode(*as_torch, n, block).numpy(), values)
+    with _small_groups():  # the accelerated decoder in groups of a few blocks
+        assert np.array_equal(ws.huffman_decode(*fast, n, block).numpy(), values)
+
+
+@contextlib.contextmanager
+def _small_groups() -> Iterator[None]:
+    """The accelerated decoder decodes groups of blocks of about 64 bits (2**22 otherwise)."""
+    from weightshare import _coding
+
+    saved = _coding._GROUP_BITS
+    _coding._GROUP_BITS = 64
+    try:
+        yield
+    finally:
+        _coding._GROUP_BITS = saved
 
 
 @pytest.mark.req("STORE-25")
@@ -95,7 +112,7 @@ def test_code_lengths_are_huffman_limited_and_canonical() -> None:
 
 
 @pytest.mark.req("STORE-27")
-@pytest.mark.parametrize("side", ["reference", "accelerated"])
+@pytest.mark.parametrize("side", ["reference", "accelerated", "accelerated-groups"])
 def test_decoders_refuse_invalid_streams(side: str) -> None:
     values = np.array([0, 0, 0, 1, 2, 0, 3, 0, 0, 1] * 20, dtype=np.int64)
     code, lengths, symbols, offsets = ref.huffman_encode(values, 64)
@@ -104,6 +121,9 @@ def test_decoders_refuse_invalid_streams(side: str) -> None:
         if side == "reference":
             return ref.huffman_decode(c, ln, sy, of, n, block)
         parts = [torch.from_numpy(np.asarray(x)) for x in (c, ln, sy, of)]
+        if side == "accelerated-groups":
+            with _small_groups():
+                return ws.huffman_decode(*parts, n, block).numpy()
         return ws.huffman_decode(*parts, n, block).numpy()
 
     assert np.array_equal(decode(code, lengths, symbols, offsets), values)
@@ -219,6 +239,41 @@ def test_coding_false_writes_the_version_1_file_and_both_load(tmp_path: Path) ->
         ws.save(fresh, again, coding=path == new)
         assert again.read_bytes() == path.read_bytes()  # deterministic, and the same encoding
     assert ws.storage(new).file_bytes == new.stat().st_size == ws.storage(m).file_bytes
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def _v1_model() -> torch.nn.Sequential:
+    """The model of ``fixtures/v1.safetensors``, which ``ws.save`` of commit 1b7b48e (before
+    coding, format version 1) wrote: tied, sparse-tied and sparse layers."""
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 16), torch.nn.Linear(16, 4))
+    with torch.no_grad():
+        m[0].weight.copy_(torch.randint(0, 3, (8, 8)).float())
+        m[1].weight.mul_(torch.rand(16, 8) < 0.3).copy_(torch.round(m[1].weight * 4) / 4)
+        m[2].weight.mul_(torch.rand(4, 16) < 0.2)
+    ws.tie(m[0])
+    ws.compress(m[1])
+    ws.compress(m[2])
+    return m
+
+
+@pytest.mark.req("STORE-24")
+def test_a_file_of_the_previous_version_loads(tmp_path: Path) -> None:
+    old = FIXTURES / "v1.safetensors"
+    assert _header(old)["format_version"] == 1
+    fresh = torch.nn.Sequential(
+        torch.nn.Linear(8, 8), torch.nn.Linear(8, 16), torch.nn.Linear(16, 4)
+    )
+    ws.load(fresh, old)
+    model = _v1_model()
+    x = torch.randn(3, 8)
+    assert torch.equal(fresh(x), model(x)) and repr(fresh) == repr(model)
+    for coding in (False, True):  # nothing here is worth coding: the same version-1 bytes
+        again = tmp_path / f"again{coding}.safetensors"
+        ws.save(fresh, again, coding=coding)
+        assert again.read_bytes() == old.read_bytes()
 
 
 def _weight(rows: int, cols: int, density: float, k: int, peak: float, seed: int) -> torch.Tensor:

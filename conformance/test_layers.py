@@ -27,6 +27,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # the parts of stored weights, and the machinery that applies them all or nothing
     (
         "_packing",
+        "_coding",
+        "_coded",
         "_sparse",
         "_parametrized",
         "_memory_format",

@@ -16,7 +16,6 @@ Byte counts are deterministic; times are medians on a shared machine (the ratio 
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import statistics
@@ -30,7 +29,7 @@ from safetensors import safe_open
 
 import weightshare as ws
 
-from ._stamp import current_commit, stamp, today
+from ._stamp import snippet_main
 
 ROOT = Path(__file__).resolve().parents[2]
 SNIPPET = ROOT / "spec" / "_snippets" / "coding.md"
@@ -157,11 +156,8 @@ def render(
     return "\n".join(out) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help=f"write {SNIPPET.relative_to(ROOT)}")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+def measure(measured: str = "") -> str:
+    """The tables: sizes and load times of LeNet-300-100 saved with and without coding."""
     model = lenet()
     with tempfile.TemporaryDirectory() as d:
         fixed, coded = Path(d) / "fixed.safetensors", Path(d) / "coded.safetensors"
@@ -170,11 +166,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = size_rows(model, fixed, coded)
         files = (fixed.stat().st_size, coded.stat().st_size)
         times = load_times([fixed, coded])
-    text = render(rows, files, times, stamp(current_commit(), today()))
-    print(text)
-    if args.write:
-        SNIPPET.write_text(text, encoding="utf-8")
-    return 0
+    return render(rows, files, times, measured)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return snippet_main(__doc__ or "", SNIPPET, measure, argv)
 
 
 if __name__ == "__main__":

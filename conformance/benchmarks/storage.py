@@ -16,7 +16,6 @@ Byte counts are deterministic; times are medians on a shared machine (the ratios
 
 from __future__ import annotations
 
-import argparse
 import io
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import weightshare as ws
 from weightshare import hashing
 from weightshare import nn as wnn
 
-from ._stamp import current_commit, stamp, today
+from ._stamp import snippet_main
 
 ROOT = Path(__file__).resolve().parents[2]
 SNIPPET = ROOT / "spec" / "_snippets" / "storage.md"
@@ -170,15 +169,12 @@ def render(table: list, forward: list, measured: str = "") -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help=f"write {SNIPPET.relative_to(ROOT)}")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    text = render(table_rows(), forward_rows(), stamp(current_commit(), today()))
-    print(text)
-    if args.write:
-        SNIPPET.write_text(text, encoding="utf-8")
-    return 0
+    return snippet_main(
+        __doc__ or "",
+        SNIPPET,
+        lambda measured: render(table_rows(), forward_rows(), measured),
+        argv,
+    )
 
 
 if __name__ == "__main__":

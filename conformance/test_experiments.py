@@ -576,7 +576,7 @@ def test_unrendered_math_is_found_outside_math_and_code(tmp_path: Path) -> None:
     assert any("page/index.html" in line and "): $" in line for line in found)
 
 
-@pytest.mark.req("EXP-60")
+@pytest.mark.req("EXP-60", "EXP-66")
 def test_compression_summary_schema(smoke_runs) -> None:
     summary, _ = smoke_runs["compression"]
     assert summary["dataset"] == "mnist5k"
@@ -595,6 +595,88 @@ def test_compression_summary_schema(smoke_runs) -> None:
     verdict = summary["verdict"]
     assert verdict["loss_points"] == 0.5 and verdict["goal_ratio"] == 40.0
     assert isinstance(verdict["goal_met"], bool) and verdict["text"]
+    # EXP-66: coded and fixed-width bytes, the entropy bound and the payload's ratio to it
+    assert summary["coded"] is True
+    for by_setting in recipes.values():
+        for s in by_setting.values():
+            for run in s["runs"]:
+                assert run["bytes"] <= run["fixed_bytes"] + 64 and run["header_bytes"] > 8
+                bound = run["entropy_bound"]
+                assert bound["bytes"] >= bound["float_bytes"] > 0
+                payload = run["bytes"] - run["header_bytes"]
+                assert run["entropy_ratio"] == pytest.approx(payload / bound["bytes"])
+    dense_run = dense["runs"][0]  # no labels, no gaps: the payload is the bound
+    assert dense_run["entropy_ratio"] == pytest.approx(1.0)
+    assert verdict["entropy_within"] == (verdict["entropy_ratio_max"] <= 1.2)
+
+
+@pytest.mark.req("EXP-65")
+def test_compression_resumes_from_its_journal(
+    smoke_runs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from experiments import compression
+
+    full, _ = smoke_runs["compression"]
+    result, calls, k = compression._result, [], 3
+
+    def interrupted(*args, **kwargs):
+        if len(calls) == k:
+            raise KeyboardInterrupt("stopped after k runs")
+        calls.append(1)
+        return result(*args, **kwargs)
+
+    monkeypatch.setattr(compression, "_result", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _smoke("compression", tmp_path)
+    monkeypatch.setattr(compression, "_result", result)
+    again = _smoke("compression", tmp_path)  # the same command: the k runs are reused
+    assert again["journal"]["reused"] == k and len(calls) == k
+    # the dense run (first) was reused with its weights: Deep Compression starts from them
+    assert json.loads(again["journal"]["reused_keys"][0])[1] == "dense"
+
+    def comparable(summary: dict) -> dict:
+        skip = ("runtime_s", "journal", "measured_at")
+        return {key: v for key, v in summary.items() if key not in skip}
+
+    assert comparable(again) == comparable(full)
+
+
+@pytest.mark.req("EXP-67")
+def test_compression_dc_wsr_recipe(smoke_runs) -> None:
+    summary, _ = smoke_runs["compression"]
+    cfg, dense = summary["config"], summary["recipes"]["dense"]["dense"]
+    runs = [r for s in summary["recipes"]["dc-wsr"].values() for r in s["runs"]]
+    assert len(runs) == len(cfg["dc_wsr_keep"]) * len(cfg["dc_wsr_grid"]) * summary["seeds"]
+    for r in runs:
+        assert r["keep"] in cfg["dc_wsr_keep"] and r["lam"] > 0 and 0.0 <= r["test_acc"] <= 1.0
+        # pruned, tied and sparse: a file a fraction of the dense one
+        assert r["bytes"] < dense["bytes"]["mean"] / 4
+
+
+@pytest.mark.req("EXP-66")
+def test_entropy_bound_of_tied_and_sparse_weights() -> None:
+    import weightshare as ws
+    from experiments._entropy import entropy_bits, entropy_bound, gaps
+
+    assert entropy_bits(torch.tensor([0, 0, 1, 1])) == pytest.approx(4.0)
+    assert entropy_bits(torch.tensor([3, 3, 3])) == 0.0
+    assert gaps(torch.tensor([2, 3, 7])).tolist() == [2, 0, 3]
+    tied = torch.nn.Linear(4, 2, bias=False)
+    with torch.no_grad():
+        tied.weight.copy_(torch.tensor([[1.0, 1.0, 1.0, 2.0], [2.0, 3.0, 1.0, 1.0]]))
+    ws.compress(tied)  # 3 distinct values in 8 entries: tied
+    h = -(5 * math.log2(5 / 8) + 2 * math.log2(2 / 8) + math.log2(1 / 8))
+    bound = entropy_bound(tied)
+    assert bound["float_bytes"] == 3 * 4 and bound["label_bytes"] == pytest.approx(h / 8, abs=0.1)
+    sparse = torch.nn.Linear(64, 4)
+    with torch.no_grad():
+        sparse.weight.zero_()
+        sparse.weight.view(-1)[torch.tensor([0, 5, 10, 15, 20, 40])] = 0.5
+    ws.compress(sparse)  # one non-zero value: sparse-tied, K = 1 (labels of 0 bits)
+    bound = entropy_bound(sparse)
+    g = -(4 * math.log2(4 / 6) + math.log2(1 / 6) + math.log2(1 / 6))  # gaps 0, 4, 4, 4, 4, 19
+    assert bound["label_bytes"] == 0 and bound["gap_bytes"] == pytest.approx(g / 8, abs=0.1)
+    assert bound["float_bytes"] == 4 + 4 * 4  # the codebook and the bias
 
 
 @pytest.mark.req("EXP-7")

@@ -64,8 +64,8 @@ def test_is_diverged_reads_the_flag_the_loss_and_chance() -> None:
 @pytest.mark.req("EXP-61")
 def test_committed_claims_with_diverged_runs_are_judged_diverged() -> None:
     arb = {c["claim"]: c for c in publish.judged(_summary("arbnets-mnist5k"))}
-    c = arb["balance helps: uniform beats dirichlet α=0.01 (1000 at 1/8)"]
-    assert c["verdict"] == "diverged: `dirichlet α=0.01` 5 of 5 seeds"
+    c = arb["balance helps: uniform beats dirichlet α=0.01 (1000-1000 at 1/64)"]
+    assert c["verdict"] == "diverged: `dirichlet α=0.01` 4 of 5 seeds"
     # a comparison of two runs that trained keeps its verdict
     assert arb["determinism helps: r=0 beats r=1024 (1000 at 1/8)"]["verdict"] == "not reproduced"
     dwf = {c["claim"]: c for c in publish.judged(_summary("factorization-mnist5k"))}
@@ -87,7 +87,7 @@ def test_dwf_table_gives_per_seed_crs_instead_of_nan() -> None:
 @pytest.mark.req("EXP-61")
 def test_index_counts_diverged_runs_per_variant_and_is_current() -> None:
     text = publish.claims_index()
-    assert "| arbnets | mnist5k | 1000 at 1/8: dirichlet α=0.01 | 5 of 5 |" in text
+    assert "| arbnets | mnist5k | 1000-1000 at 1/64: dirichlet α=0.01 | 4 of 5 |" in text
     assert "| factorization | mnist5k | DWF D=4 @ CR ≥ 128 | 1 of 5 |" in text
     committed = publish.SNIPPETS / "claims.md"
     assert committed.read_text(encoding="utf-8") == text, "run python -m experiments publish"
@@ -120,8 +120,12 @@ def test_published_page_tables_carry_the_judged_verdicts() -> None:
     snippet = (publish.SNIPPETS / "arbnets-mnist5k.md").read_text(encoding="utf-8")
     judged = publish.judged(_summary("arbnets-mnist5k"))
     assert publish._rejudge_rows(snippet, judged) == snippet, "run python -m experiments publish"
-    row = next(line for line in snippet.splitlines() if line.startswith("| balance helps: un"))
-    assert row.endswith("| **diverged: `dirichlet α=0.01` 5 of 5 seeds** |")
+    row = next(
+        line
+        for line in snippet.splitlines()
+        if line.startswith("| balance helps: uniform beats dirichlet α=0.01 (1000-1000")
+    )
+    assert row.endswith("| **diverged: `dirichlet α=0.01` 4 of 5 seeds** |")
 
 
 def _bench_json(path: Path, **top: object) -> Path:

@@ -166,6 +166,35 @@ def test_benchmark_report_gives_the_load_the_cases_ran_under(tmp_path: Path) -> 
 
 
 @pytest.mark.req("EXP-63")
+def test_generated_tables_do_not_make_a_stamp_dirty(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    from experiments import _stamp
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    snippet = tmp_path / "spec" / "_snippets" / "t.md"
+    snippet.parent.mkdir(parents=True)
+    snippet.write_text("old\n", "utf-8")
+    (tmp_path / "code.py").write_text("x = 1\n", "utf-8")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    clean = _stamp.current_commit(tmp_path)
+    assert clean is not None and len(clean) == 12
+    snippet.write_text("a table written by an earlier benchmark\n", "utf-8")
+    assert _stamp.current_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2\n", "utf-8")
+    assert _stamp.current_commit(tmp_path) == clean + "-dirty"
+    assert _stamp.current_commit(tmp_path / "no-such-folder") is None
+
+
+@pytest.mark.req("EXP-63")
 def test_storage_tables_and_summaries_are_stamped() -> None:
     import subprocess
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ._common import Context, markdown_table, progress, require
+from ._stamp import current_commit, today
 from .data import Split, load
 
 Train = Callable[[Any, Any, int], dict[str, Any]]  # (arm, value, seed) -> result with "val_acc"
@@ -56,24 +57,10 @@ def summary_header(ctx: Context, split_sizes: Mapping[str, int], cfg: Mapping[st
 
 
 def measured_at() -> dict[str, str | None]:
-    """The commit (``git describe --always --dirty``; ``None`` without git) and the UTC date a
-    run was measured at, for ``summary.json`` and the claims table's stamp (EXP-63)."""
-    import datetime as dt
-    import subprocess
-    from pathlib import Path
-
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        out = ""
-    return {"commit": out or None, "date": dt.datetime.now(dt.timezone.utc).date().isoformat()}
+    """The commit (``-dirty`` with changes outside the generated tables; ``None`` without git)
+    and the UTC date a run was measured at, for ``summary.json`` and the claims table's stamp
+    (EXP-63)."""
+    return {"commit": current_commit(), "date": today()}
 
 
 class Runs:

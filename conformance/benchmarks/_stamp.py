@@ -1,35 +1,15 @@
-"""The "measured at commit X on DATE" line every generated benchmark table starts with."""
+"""The "measured at commit X on DATE" line every generated benchmark table starts with (the
+commit and date by :mod:`experiments._stamp`'s rule)."""
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from experiments._stamp import current_commit, today
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def current_commit(root: Path = ROOT) -> str | None:
-    """``git describe --always --dirty`` of ``root`` (``-dirty``: uncommitted changes), or
-    ``None`` where git or the repository is not available."""
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def today() -> str:
-    return dt.datetime.now(dt.timezone.utc).date().isoformat()
 
 
 def stamp(commit: str | None, date: str | None) -> str:
